@@ -1,0 +1,67 @@
+"""PNG output that people look at: image grids (with captions under the images) and loss curves."""
+from __future__ import annotations
+
+import csv
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on Colab workers, CI or servers
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images -> [0, 255] uint8 (the values the PNG files hold)."""
+    return (images.detach().float().cpu() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def save_image_grid(images: torch.Tensor, path: str, ncol: int, captions: list[str] | None = None,
+                    caption_width: int = 40) -> None:
+    """Save [N, 3, H, W] images in [-1, 1] as a grid PNG, `ncol` per row; with `captions` (one per image)
+    each image gets its caption wrapped beneath it."""
+    images = to_uint8(images)
+    if not captions:
+        grid = make_grid(images, nrow=ncol, padding=2, pad_value=255)
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+        return
+    size = images.shape[-1]
+    font = ImageFont.load_default()
+    lines = [textwrap.wrap(caption, caption_width)[:6] for caption in captions]
+    line_height = 12
+    text_height = line_height * max(len(wrapped) for wrapped in lines) + 4
+    nrow = (len(images) + ncol - 1) // ncol
+    canvas = Image.new("RGB", (ncol * (size + 4), nrow * (size + text_height + 4)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for index, (image, wrapped) in enumerate(zip(images, lines)):
+        x = (index % ncol) * (size + 4) + 2
+        y = (index // ncol) * (size + text_height + 4) + 2
+        canvas.paste(Image.fromarray(image.permute(1, 2, 0).numpy()), (x, y))
+        for line_number, line in enumerate(wrapped):
+            draw.text((x, y + size + 2 + line_number * line_height), line, fill="black", font=font)
+    canvas.save(path)
+
+
+def plot_loss_curve(csv_path: str, png_path: str) -> None:
+    """Plot loss_log.csv: D and G losses per logged step and per-epoch means."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = [row for row in rows if row["step"] != "end"]
+    ends = [row for row in rows if row["step"] == "end"]
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, color in (("d_loss", "tab:blue"), ("g_loss", "tab:orange")):
+        axes[0].plot(range(len(steps)), [float(row[name]) for row in steps], color=color, label=name, lw=0.8)
+        axes[1].plot([int(row["epoch"]) for row in ends], [float(row[name]) for row in ends], "o-", color=color,
+                     label=name)
+    axes[0].set(title="losses at each report interval", xlabel="logged point", ylabel="loss")
+    axes[1].set(title="epoch means", xlabel="epoch", ylabel="loss")
+    for axis in axes:
+        axis.legend()
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
