@@ -1,7 +1,8 @@
 """Checkpoint folders: rebuilding models the way the graders do, exact resume, and pruning old epochs.
 
-The contract's files (`epoch_N_Gen.pt`, `epoch_N_Dis_i.pt`, `hyperparameter.pt`) are written by
-`train_utils`. Beside them this module keeps what an exact resume needs and the course's files do not hold:
+The contract's files (`epoch_N_Gen.pt`, `epoch_N_Dis_i.pt`, `hyperparameter.pt`) are written through
+`train_utils` with `atomic_save` below: a temporary file renamed into place, so a Colab disconnect in the
+middle of a save never leaves a broken file where a good one was. Beside them this module keeps what an exact resume needs and the course's files do not hold:
 `epoch_N_state.pt` (optimizers, gradient scalers, RNG states, the raw generator when the saved one is an
 EMA) and `mid_epoch_state.pt`, a rolling mid-epoch snapshot with the weights too.
 """
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 
 from network import Discriminator, Generator
-from train_utils import HYPERPARAMETER_FILE, discriminator_file, generator_file, load_state_dict_file
 
+HYPERPARAMETER_FILE = "hyperparameter.pt"
 MID_EPOCH_FILE = "mid_epoch_state.pt"
 HYPERPARAMETER_KEYS = ("clip_embedding_dim", "projection_dim", "noise_dim", "num_stage", "use_uncond_loss",
                        "use_contrastive_loss", "batch_size", "num_epochs", "learning_rate", "g_in_chans",
@@ -26,6 +27,46 @@ HYPERPARAMETER_KEYS = ("clip_embedding_dim", "projection_dim", "noise_dim", "num
 
 class CheckpointError(Exception):
     """A checkpoint folder or file that cannot be used; the message is one line naming it."""
+
+
+def atomic_save(obj: object, path: str) -> None:
+    """torch.save to a temporary name in the same folder, flush to disk, then rename over `path`.
+
+    A rename within one folder is atomic, so `path` always holds either the old file or the new one.
+    """
+    tmp_path = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp_path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def generator_file(checkpoint_path: str, epoch: int) -> str:
+    return os.path.join(checkpoint_path, f"epoch_{epoch}_Gen.pt")
+
+
+def discriminator_file(checkpoint_path: str, epoch: int, stage: int) -> str:
+    return os.path.join(checkpoint_path, f"epoch_{epoch}_Dis_{stage}.pt")
+
+
+def load_state_dict_file(module: nn.Module, path: str) -> None:
+    """Strictly load a state-dict file into `module`; one-line errors for a missing, corrupt or foreign file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file; check --checkpoint_path and the epoch")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"{path}: unreadable checkpoint ({type(err).__name__}); the file is damaged") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:
+        raise RuntimeError(f"{path}: made with other hyperparameters than this model "
+                           f"(compare with {HYPERPARAMETER_FILE} and the flags)") from None
 
 
 def state_file(checkpoint_path: str, epoch: int) -> str:
@@ -133,3 +174,13 @@ def prune_epochs(checkpoint_path: str, keep_last: int, num_stage: int) -> list[s
                 os.remove(path)
                 removed.append(path)
     return removed
+
+
+def load_weights(G: Generator, D_list: list[Discriminator], checkpoint_path: str, epoch: int) -> None:
+    """Strictly load epoch `epoch`'s generator and discriminators; CheckpointError names the bad file."""
+    try:
+        load_state_dict_file(G, generator_file(checkpoint_path, epoch))
+        for stage, D in enumerate(D_list):
+            load_state_dict_file(D, discriminator_file(checkpoint_path, epoch, stage))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise CheckpointError(str(err)) from None

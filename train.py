@@ -32,8 +32,9 @@ from augment import diff_augment, parse_policy
 from image_ops import stage_images_from_uint8
 from network import Discriminator, DiscriminatorLogits, Generator, check_num_stage, weight_init
 from read_dataset import ZipDataset
-from train_utils import (KL_divergence, atomic_save, clip_preprocess, clip_transform, custom_reshape,
-                         denormalize_image, gather_all, load_checkpoint, normalize, save_hyp, save_model)
+from checkpoints import atomic_save
+from train_utils import (KL_divergence, clip_preprocess, clip_transform, custom_reshape, denormalize_image,
+                         gather_all, normalize, save_hyp, save_model)
 
 # Options beyond the course's flags, with their defaults (main.py builds its parser from these too).
 OPTION_DEFAULTS = {
@@ -483,7 +484,8 @@ def restore(trainer: Trainer, args: Namespace, resume: ResumePoint) -> None:
         for D, weights in zip(trainer.D_list, state["discriminators"]):
             D.load_state_dict(weights)
     else:
-        load_checkpoint(trainer.saved_generator(), trainer.D_list, args.resume_checkpoint_path, resume.epoch - 1)
+        checkpoints.load_weights(trainer.saved_generator(), trainer.D_list, args.resume_checkpoint_path,
+                                 resume.epoch - 1)
         if trainer.ema is not None:
             trainer.G.load_state_dict(trainer.ema.model.state_dict())
     trainer.G.train()

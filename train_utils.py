@@ -15,9 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize
 
+from checkpoints import HYPERPARAMETER_FILE, atomic_save, discriminator_file, generator_file, load_state_dict_file
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HYPERPARAMETER_FILE = "hyperparameter.pt"
 
 
 def error(msg: str) -> None:
@@ -76,23 +77,6 @@ def clip_preprocess() -> Normalize:
     return Normalize(CLIP_MEAN, CLIP_STD)
 
 
-def atomic_save(obj: object, path: str) -> None:
-    """torch.save to a temporary name in the same folder, flush to disk, then rename over `path`.
-
-    A rename within one folder is atomic, so `path` always holds either the old file or the new one.
-    """
-    tmp_path = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp_path, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
 def save_hyp(args: Namespace, g_in_chans: int, g_out_chans: int, d_in_chans: int, d_out_chans: int) -> None:
     """Write `hyperparameter.pt`: exactly what the graders need to rebuild the models."""
     hyp = {
@@ -120,14 +104,6 @@ def print_hyp(hyp: dict) -> None:
     print()
 
 
-def generator_file(checkpoint_path: str, epoch: int) -> str:
-    return os.path.join(checkpoint_path, f"epoch_{epoch}_Gen.pt")
-
-
-def discriminator_file(checkpoint_path: str, epoch: int, stage: int) -> str:
-    return os.path.join(checkpoint_path, f"epoch_{epoch}_Dis_{stage}.pt")
-
-
 def save_model(args: Namespace, Generator: nn.Module, Discriminators: list[nn.Module], epoch: int,
                num_stage: int) -> None:
     """Write `epoch_{epoch}_Gen.pt` and `epoch_{epoch}_Dis_{i}.pt` (state dicts), discriminators first, so
@@ -135,21 +111,6 @@ def save_model(args: Namespace, Generator: nn.Module, Discriminators: list[nn.Mo
     for stage in range(num_stage):
         atomic_save(Discriminators[stage].state_dict(), discriminator_file(args.checkpoint_path, epoch, stage))
     atomic_save(Generator.state_dict(), generator_file(args.checkpoint_path, epoch))
-
-
-def load_state_dict_file(module: nn.Module, path: str) -> None:
-    """Strictly load a state-dict file into `module`; one-line errors for a missing, corrupt or foreign file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file; check --checkpoint_path and the epoch")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"{path}: unreadable checkpoint ({type(err).__name__}); the file is damaged") from None
-    try:
-        module.load_state_dict(state)
-    except RuntimeError:
-        raise RuntimeError(f"{path}: made with other hyperparameters than this model "
-                           f"(compare with {HYPERPARAMETER_FILE} and the flags)") from None
 
 
 def load_checkpoint(G: nn.Module, D_lst: list[nn.Module], checkpoint_path: str, epoch: int) -> None:

@@ -15,3 +15,40 @@ import clip_utils  # noqa: E402
 def tiny_clip_path(tmp_path_factory) -> str:
     """A random-weight CLIP with the real tokenizer and 224 px input, 512-d embeddings, a few MB."""
     return clip_utils.make_random_clip(str(tmp_path_factory.mktemp("clip") / "tiny_clip.pt"), "tiny", 512)
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory) -> dict:
+    """A raw synthetic dataset: 30 ids (22 train, 6 test, 2 in neither), a fifth of the captions over 77 tokens."""
+    import synthetic_data
+
+    return synthetic_data.write_raw_dataset(str(tmp_path_factory.mktemp("raw")), num_images=30, num_train=22,
+                                            num_test=6, size=256, seed=0, long_captions=0.2)
+
+
+@pytest.fixture(scope="session")
+def preprocessed_zips(synthetic_raw, tiny_clip_path, tmp_path_factory) -> dict:
+    """The synthetic raw dataset preprocessed with the tiny CLIP: {'train': path, 'test': path}."""
+    import preprocess
+
+    out = tmp_path_factory.mktemp("preprocessed")
+    paths = {}
+    for split in ("train", "test"):
+        paths[split] = str(out / f"{split}.zip")
+        preprocess.main(["--source", synthetic_raw["paths"]["source"], "--dest", paths[split], "--clip_model",
+                         tiny_clip_path, "--batch_size", "8", "--num_workers", "2", "--device", "cpu"], split)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def demo_quick_run(tmp_path_factory) -> dict:
+    """`demo.py --quick` run once on the CPU: its exit status, output folder and wall time (shared by the demo
+    and submission-check tests, since the run is the slowest part of both)."""
+    import time
+
+    import demo
+
+    out_dir = str(tmp_path_factory.mktemp("demo") / "out")
+    started = time.time()
+    status = demo.main(["--quick", "--out_dir", out_dir, "--device", "cpu"])
+    return {"status": status, "out_dir": out_dir, "seconds": time.time() - started}

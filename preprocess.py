@@ -1,0 +1,505 @@
+"""Raw Multimodal CelebA-HQ (zip or folder) -> preprocessed training/test zip with CLIP embeddings.
+
+The one module behind `preproc_datasets_celeba_zip_train.py` and `preproc_datasets_celeba_zip_test.py`.
+
+Output zip (stored, not deflated):
+* `NNNNN/imgNNNNNNNN.png`: 256x256 RGB PNGs (uncompressed and unfiltered: valid for every reader, and a
+  memory copy to decode).
+* `dataset.json`: the course's format, `{"clip_img_features": [[name, [D]], ...], "clip_txt_features":
+  [[name, [[D] per caption]], ...]}` with raw CLIP outputs, plus a `preprocess` entry recording the settings.
+* `embeddings.npz` (see EMBEDDINGS_MEMBER): the same embeddings in binary form, read by our ZipDataset.
+
+Image embedding: a random crop of at least 0.99 of each side, resized to 224, CLIP-normalised, `encode_image`;
+the crop is drawn from a generator seeded by (--seed, image id), so it does not depend on batching or threads.
+Caption embedding: `encode_text`; a caption over 77 tokens is split at periods and commas and the parts'
+embeddings are averaged (a part still too long is truncated; both are counted in the summary).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import pickle
+import re
+import sys
+import time
+import zipfile
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import clip_utils
+from image_ops import encode_png
+from read_dataset import EMBEDDINGS_MEMBER, JSON_MEMBER
+
+# EMBEDDINGS_MEMBER, the binary embeddings: an uncompressed .npz (no pickled objects) holding
+#   names [N] str (PNG member names), ids [N] str (raw dataset ids), img_emb [N, D] float32,
+#   txt_emb [M, D] float32 (all captions, image by image), txt_offsets [N + 1] int64
+#   (image i owns txt_emb[txt_offsets[i]:txt_offsets[i + 1]]), format_version [] int64.
+FORMAT_VERSION = 1
+DEFAULT_NUM_CAPTIONS = {"train": 4, "test": None}
+IMAGE_FOLDERS = ("image", "images")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CLIP_INPUT_SIZE = 224
+CROP_RATIO = 0.99
+RESIZE_FILTERS = {"box": PIL.Image.BOX, "lanczos": PIL.Image.LANCZOS}
+
+
+class PreprocessError(Exception):
+    """A problem with the input or the flags, reported as one line without a traceback."""
+
+
+def build_parser(split: str) -> argparse.ArgumentParser:
+    default_captions = DEFAULT_NUM_CAPTIONS[split]
+    parser = argparse.ArgumentParser(
+        description=f"Preprocess the {split} split of Multimodal CelebA-HQ into a zip with CLIP embeddings.")
+    parser.add_argument("--source", required=True, help="raw dataset: multimodal_celeba_hq.zip or its folder")
+    parser.add_argument("--dest", required=True, help="output zip")
+    parser.add_argument("--max-images", dest="max_images", type=int, default=None,
+                        help="use only the first N ids of the split (a quick sample run)")
+    parser.add_argument("--resize-filter", dest="resize_filter", choices=sorted(RESIZE_FILTERS), default="lanczos")
+    parser.add_argument("--transform", choices=["center-crop", "center-crop-wide"], default="center-crop")
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--emb_dim", type=int, default=512, help="CLIP embedding size (512 for ViT-B/32)")
+    parser.add_argument("--clip_model", default="ViT-B/32", help="CLIP name or a local state-dict path")
+    parser.add_argument("--num_captions", type=int, default=default_captions,
+                        help=f"captions kept per image (default: {default_captions or 'all'})")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per CLIP encoding batch")
+    parser.add_argument("--split_dir", default=None,
+                        help=f"folder of celeba_filenames_{split}.pickle (default: beside --source, then .)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --dest if it exists")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random CLIP crops")
+    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="threads decoding images while CLIP encodes")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- raw input
+
+class RawSource:
+    """The raw dataset, a zip or a folder: images under image/ or images/, captions in a folder named *caption*."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.archive: zipfile.ZipFile | None = None
+        if not os.path.exists(path):
+            raise PreprocessError(f"--source {path}: no such file or folder; pass the path of multimodal_celeba_hq.zip")
+        if os.path.isdir(path):
+            members = [os.path.relpath(os.path.join(root, name), path).replace(os.sep, "/")
+                       for root, _, names in os.walk(path) for name in names]
+        elif zipfile.is_zipfile(path):
+            self.archive = zipfile.ZipFile(path)
+            members = self.archive.namelist()
+        else:
+            raise PreprocessError(f"--source {path}: not a zip file or a folder")
+        self.images: dict[str, str] = {}
+        self.captions: dict[str, str] = {}
+        for member in members:
+            parts = member.split("/")
+            if len(parts) < 2:
+                continue
+            folder, stem, extension = parts[-2].lower(), *os.path.splitext(parts[-1])
+            if folder in IMAGE_FOLDERS and extension.lower() in IMAGE_EXTENSIONS:
+                self.images.setdefault(stem, member)
+            elif "caption" in folder and extension.lower() == ".txt":
+                self.captions.setdefault(stem, member)
+        if not self.images:
+            raise PreprocessError(f"--source {path}: no images found (expected image/<id>.jpg or images/<id>.jpg)")
+        if not self.captions:
+            raise PreprocessError(f"--source {path}: no caption files found (expected a folder named like "
+                                  "celeba-caption holding <id>.txt)")
+
+    def read(self, member: str) -> bytes:
+        if self.archive is not None:
+            return self.archive.read(member)
+        with open(os.path.join(self.path, member), "rb") as f:
+            return f.read()
+
+    def close(self) -> None:
+        if self.archive is not None:
+            self.archive.close()
+
+
+def find_split_file(split: str, source: str, split_dir: str | None) -> str:
+    name = f"celeba_filenames_{split}.pickle"
+    folders = [split_dir] if split_dir else [os.path.dirname(os.path.abspath(source)), os.getcwd()]
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    flag = "--split_dir" if split_dir else "--split_dir (not given)"
+    raise PreprocessError(f"{name} not found in {' or '.join(folders)}; put it there or pass {flag} with its folder")
+
+
+def read_split_ids(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            ids = pickle.load(f)
+    except Exception as err:
+        raise PreprocessError(f"{path}: not a readable pickle ({err})") from None
+    if not isinstance(ids, (list, tuple)) or not ids:
+        raise PreprocessError(f"{path}: expected a non-empty pickled list of id strings")
+    return [str(i) for i in ids]
+
+
+# ------------------------------------------------------------------------------------------ image handling
+
+def make_transform(transform: str, width: int, height: int, resize_filter: str) -> Callable[[PIL.Image.Image], np.ndarray]:
+    """Center crop to the output aspect ratio, then resize to width x height: PIL image -> [H, W, 3] uint8."""
+    resample = RESIZE_FILTERS[resize_filter]
+    aspect = 1.0 if transform == "center-crop" else width / height
+
+    def apply(image: PIL.Image.Image) -> np.ndarray:
+        image = image.convert("RGB")
+        w, h = image.size
+        crop_w, crop_h = (w, round(w / aspect)) if w / h <= aspect else (round(h * aspect), h)
+        left, top = (w - crop_w) // 2, (h - crop_h) // 2
+        image = image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), resample)
+        return np.array(image)
+
+    return apply
+
+
+def crop_generator(seed: int, image_id: str) -> torch.Generator:
+    """The generator of one image's CLIP crop: depends only on the seed and the raw id."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{image_id}".encode()))
+
+
+def clip_image_input(image: np.ndarray, generator: torch.Generator, ratio: float = CROP_RATIO,
+                     size: int = CLIP_INPUT_SIZE) -> torch.Tensor:
+    """[H, W, 3] uint8 -> CLIP input [3, size, size]: random crop (>= ratio of each side), resized, normalised.
+
+    A crop smaller than `size` is padded with 1.0 at a random offset instead of being enlarged.
+    """
+    pixels = torch.tensor(image).permute(2, 0, 1).float().div_(255)
+    height, width = pixels.shape[1:]
+    crop_h = int(torch.randint(math.ceil(ratio * height), height + 1, (1,), generator=generator))
+    crop_w = int(torch.randint(math.ceil(ratio * width), width + 1, (1,), generator=generator))
+    top = int(torch.randint(0, height - crop_h + 1, (1,), generator=generator))
+    left = int(torch.randint(0, width - crop_w + 1, (1,), generator=generator))
+    crop = pixels[:, top:top + crop_h, left:left + crop_w]
+    if crop_h <= size and crop_w <= size:
+        canvas = torch.ones(3, size, size)
+        y = int(torch.randint(0, size - crop_h + 1, (1,), generator=generator))
+        x = int(torch.randint(0, size - crop_w + 1, (1,), generator=generator))
+        canvas[:, y:y + crop_h, x:x + crop_w] = crop
+        crop = canvas
+    else:
+        crop = F.interpolate(crop[None], size=(size, size), mode="bicubic", align_corners=False,
+                             antialias=True)[0].clamp_(0, 1)
+    mean = torch.tensor(clip_utils.CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(clip_utils.CLIP_STD).view(3, 1, 1)
+    return (crop - mean) / std
+
+
+# ---------------------------------------------------------------------------------------- caption handling
+
+def split_long_caption(caption: str) -> list[str]:
+    """The pieces of a caption between periods and commas (empty pieces dropped)."""
+    return [part.strip() for part in re.split(r"[.,]", caption) if part.strip()]
+
+
+@dataclass
+class CaptionTokens:
+    tokens: torch.Tensor            # [P, 77]: one row per caption, or per part of a long caption
+    owner: list[int]                # caption index of each row
+    num_captions: int
+    num_long: int = 0               # captions split at periods and commas
+    num_truncated: int = 0          # parts still over 77 tokens, truncated
+
+
+def tokenize_captions(captions: list[str]) -> CaptionTokens:
+    rows, owner, num_long, num_truncated = [], [], 0, 0
+    for index, caption in enumerate(captions):
+        try:
+            rows.append(clip_utils.tokenize([caption]))
+            owner.append(index)
+            continue
+        except ValueError:
+            num_long += 1
+        for part in split_long_caption(caption) or [caption]:
+            try:
+                rows.append(clip_utils.tokenize([part]))
+            except ValueError:
+                rows.append(clip_utils.tokenize([part], truncate=True))
+                num_truncated += 1
+            owner.append(index)
+    return CaptionTokens(torch.cat(rows), owner, len(captions), num_long, num_truncated)
+
+
+def read_captions(data: bytes, num_captions: int | None) -> list[str]:
+    lines = [line.strip() for line in data.decode("utf-8", errors="replace").splitlines()]
+    captions = [line for line in lines if line]
+    return captions if num_captions is None else captions[:num_captions]
+
+
+# -------------------------------------------------------------------------------------------- output zip
+
+def archive_name(index: int) -> str:
+    digits = f"{index:08d}"
+    return f"{digits[:5]}/img{digits}.png"
+
+
+class PreprocessedZipWriter:
+    """Writes the preprocessed zip under a temporary name; `close()` adds the embeddings and renames it.
+
+    Used as a context manager, an exception removes the temporary file, so an interrupted run never leaves a
+    truncated zip under the final name.
+    """
+
+    def __init__(self, path: str, emb_dim: int, settings: dict | None = None):
+        self.path = path
+        self.emb_dim = emb_dim
+        self.settings = settings or {}
+        self.temp_path = f"{path}.partial"
+        self.archive = zipfile.ZipFile(self.temp_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self.names: list[str] = []
+        self.ids: list[str] = []
+        self.img_emb: list[np.ndarray] = []
+        self.txt_emb: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add(self, image: np.ndarray, img_emb: np.ndarray, txt_emb: np.ndarray, source_id: str) -> str:
+        """Add one [H, W, 3] uint8 image with its raw [D] image and [n, D] caption embeddings."""
+        img_emb = np.asarray(img_emb, dtype=np.float32).reshape(-1)
+        txt_emb = np.asarray(txt_emb, dtype=np.float32).reshape(-1, self.emb_dim)
+        if img_emb.shape[0] != self.emb_dim or len(txt_emb) == 0:
+            raise ValueError(f"{source_id}: expected a {self.emb_dim}-d image embedding and at least one caption")
+        name = archive_name(len(self.names))
+        self.archive.writestr(name, encode_png(image))
+        self.names.append(name)
+        self.ids.append(str(source_id))
+        self.img_emb.append(img_emb)
+        self.txt_emb.append(txt_emb)
+        return name
+
+    def _write_json(self) -> None:
+        # Streamed entry by entry: the full training set's JSON is over a gigabyte.
+        info = zipfile.ZipInfo(JSON_MEMBER, time.localtime()[:6])
+        with self.archive.open(info, "w", force_zip64=True) as f:
+            f.write(b'{"clip_img_features": [')
+            for i, (name, emb) in enumerate(zip(self.names, self.img_emb)):
+                f.write(((", " if i else "") + json.dumps([name, emb.tolist()])).encode())
+            f.write(b'], "clip_txt_features": [')
+            for i, (name, emb) in enumerate(zip(self.names, self.txt_emb)):
+                f.write(((", " if i else "") + json.dumps([name, emb.tolist()])).encode())
+            f.write(b'], "preprocess": ' + json.dumps(self.settings).encode() + b"}")
+
+    def _write_embeddings(self) -> None:
+        counts = np.array([len(t) for t in self.txt_emb], dtype=np.int64)
+        buffer = io.BytesIO()
+        np.savez(buffer, names=np.array(self.names), ids=np.array(self.ids),
+                 img_emb=np.stack(self.img_emb), txt_emb=np.concatenate(self.txt_emb),
+                 txt_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                 format_version=np.array(FORMAT_VERSION, dtype=np.int64))
+        self.archive.writestr(EMBEDDINGS_MEMBER, buffer.getbuffer())
+
+    def close(self) -> None:
+        if not self.names:
+            self.abort()
+            raise PreprocessError(f"--dest {self.path}: no images were written")
+        self._write_json()
+        self._write_embeddings()
+        self.archive.close()
+        os.replace(self.temp_path, self.path)
+
+    def abort(self) -> None:
+        self.archive.close()
+        if os.path.exists(self.temp_path):
+            os.remove(self.temp_path)
+
+    def __enter__(self) -> "PreprocessedZipWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+
+@dataclass
+class Sample:
+    image_id: str
+    image: np.ndarray | None = None
+    clip_input: torch.Tensor | None = None
+    captions: CaptionTokens | None = None
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    written: int = 0
+    captions: int = 0
+    long_captions: int = 0
+    truncated_parts: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _load_sample(source: RawSource, image_id: str, transform: Callable, seed: int, num_captions: int | None) -> Sample:
+    """Runs in a worker thread: read, decode, crop and resize one image, and tokenize its captions."""
+    try:
+        with PIL.Image.open(io.BytesIO(source.read(source.images[image_id]))) as pil_image:
+            image = transform(pil_image)
+    except Exception as err:
+        return Sample(image_id, error=f"{source.images[image_id]}: {type(err).__name__}: {err}")
+    captions = read_captions(source.read(source.captions[image_id]), num_captions)
+    if not captions:
+        return Sample(image_id, error=f"{source.captions[image_id]}: no caption text")
+    return Sample(image_id, image, clip_image_input(image, crop_generator(seed, image_id)), tokenize_captions(captions))
+
+
+@torch.no_grad()
+def encode_batch(model: torch.nn.Module, samples: list[Sample], device: torch.device,
+                 text_batch: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Raw CLIP image embeddings [B, D] and, per sample, caption embeddings [n, D] (long captions averaged)."""
+    dtype = clip_utils.clip_dtype(model)
+    images = torch.stack([s.clip_input for s in samples]).to(device, dtype)
+    img_emb = model.encode_image(images).float().cpu()
+    tokens = torch.cat([s.captions.tokens for s in samples])
+    rows = torch.cat([model.encode_text(chunk.to(device)).float().cpu() for chunk in tokens.split(text_batch)])
+    per_sample, start = [], 0
+    for s in samples:
+        count = len(s.captions.owner)
+        owner = torch.tensor(s.captions.owner)
+        sums = torch.zeros(s.captions.num_captions, rows.shape[1]).index_add_(0, owner, rows[start:start + count])
+        parts = torch.bincount(owner, minlength=s.captions.num_captions).unsqueeze(1)
+        per_sample.append((sums / parts).numpy())
+        start += count
+    return img_emb.numpy(), per_sample
+
+
+def _select_ids(source: RawSource, split: str, split_path: str, max_images: int | None) -> tuple[list[str], int]:
+    ids = read_split_ids(split_path)
+    present = [i for i in ids if i in source.images and i in source.captions]
+    missing = [i for i in ids if i not in source.images or i not in source.captions]
+    if not present:
+        raise PreprocessError(f"{split_path}: none of its {len(ids)} ids has both an image and a caption file in "
+                              f"{source.path}; check that the pickle belongs to this dataset")
+    if missing:
+        print(f"warning: {len(missing)} of {len(ids)} {split} ids have no image or caption in {source.path} "
+              f"(first: {', '.join(missing[:5])}); continuing with {len(present)}", file=sys.stderr)
+    if max_images is not None:
+        present = present[:max_images]
+    return present, len(missing)
+
+
+def run(args: argparse.Namespace, split: str) -> Summary:
+    """Preprocess with parsed flags; raises PreprocessError for bad input."""
+    if args.max_images is not None and args.max_images < 1:
+        raise PreprocessError(f"--max-images {args.max_images}: must be at least 1")
+    if args.num_captions is not None and args.num_captions < 1:
+        raise PreprocessError(f"--num_captions {args.num_captions}: must be at least 1")
+    if min(args.width, args.height, args.batch_size, args.num_workers) < 1:
+        raise PreprocessError("--width, --height, --batch_size and --num_workers must be positive")
+    source = RawSource(args.source)
+    try:
+        split_path = find_split_file(split, args.source, args.split_dir)
+        ids, num_missing = _select_ids(source, split, split_path, args.max_images)
+        if os.path.isdir(args.dest):
+            raise PreprocessError(f"--dest {args.dest}: is a folder; pass a zip file name")
+        if os.path.exists(args.dest) and not args.overwrite:
+            raise PreprocessError(f"--dest {args.dest}: already exists; pass --overwrite to replace it")
+        dest_dir = os.path.dirname(os.path.abspath(args.dest))
+        os.makedirs(dest_dir, exist_ok=True)
+
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            model = clip_utils.load_clip(args.clip_model, device)
+        except ValueError as err:
+            raise PreprocessError(str(err)) from None
+        except Exception as err:
+            raise PreprocessError(f"--clip_model {args.clip_model}: could not load ({type(err).__name__}: {err}); "
+                                  "pass a local CLIP state-dict path") from None
+        clip_dim = clip_utils.clip_embedding_dim(model)
+        if clip_dim != args.emb_dim:
+            raise PreprocessError(f"--emb_dim {args.emb_dim}: --clip_model {args.clip_model} gives {clip_dim}-d "
+                                  f"embeddings; pass --emb_dim {clip_dim}")
+
+        settings = {"split": split, "clip_model": args.clip_model, "emb_dim": clip_dim, "seed": args.seed,
+                    "num_captions": args.num_captions, "transform": args.transform, "width": args.width,
+                    "height": args.height, "resize_filter": args.resize_filter, "crop_ratio": CROP_RATIO,
+                    "format_version": FORMAT_VERSION}
+        transform = make_transform(args.transform, args.width, args.height, args.resize_filter)
+        summary = Summary(skipped=num_missing)
+        start = time.time()
+        with PreprocessedZipWriter(args.dest, clip_dim, settings) as writer, \
+                ThreadPoolExecutor(args.num_workers) as pool, \
+                tqdm(total=len(ids), unit="img", desc=f"preprocess {split}", dynamic_ncols=True) as bar:
+            # Decoding runs ahead in the pool (bounded) while the main thread encodes and writes.
+            pending: deque = deque()
+            queue = iter(ids)
+            ahead = 2 * args.batch_size + args.num_workers
+            batch: list[Sample] = []
+            while True:
+                while len(pending) < ahead:
+                    image_id = next(queue, None)
+                    if image_id is None:
+                        break
+                    pending.append(pool.submit(_load_sample, source, image_id, transform, args.seed,
+                                               args.num_captions))
+                if pending:
+                    sample = pending.popleft().result()
+                    if sample.error is None:
+                        batch.append(sample)
+                    else:
+                        summary.failed.append(sample.error)
+                        bar.update(1)
+                if batch and (len(batch) == args.batch_size or not pending):
+                    img_emb, txt_emb = encode_batch(model, batch, device)
+                    for s, image_emb, caption_emb in zip(batch, img_emb, txt_emb):
+                        writer.add(s.image, image_emb, caption_emb, s.image_id)
+                        summary.captions += len(caption_emb)
+                        summary.long_captions += s.captions.num_long
+                        summary.truncated_parts += s.captions.num_truncated
+                    bar.update(len(batch))
+                    batch = []
+                if not pending:
+                    break
+            summary.written = len(writer)
+            if not summary.written:
+                raise PreprocessError(f"--source {args.source}: none of the {len(ids)} selected images could be "
+                                      f"read (first: {summary.failed[0]})")
+        summary.seconds = time.time() - start
+        return summary
+    finally:
+        source.close()
+
+
+def format_summary(summary: Summary, dest: str) -> str:
+    rate = summary.written / max(summary.seconds, 1e-9)
+    text = (f"done: wrote {summary.written} images with {summary.captions} captions to {dest} in "
+            f"{summary.seconds:.1f} s ({rate:.1f} img/s); {summary.long_captions} captions over 77 tokens split "
+            f"and averaged")
+    if summary.truncated_parts:
+        text += f" ({summary.truncated_parts} parts still too long, truncated)"
+    text += f"; skipped {summary.skipped} ids without image or caption; failed {len(summary.failed)} unreadable"
+    if summary.failed:
+        text += f" (first: {summary.failed[0]})"
+    return text
+
+
+def main(argv: list[str] | None = None, split: str = "train") -> None:
+    args = build_parser(split).parse_args(argv)
+    try:
+        summary = run(args, split)
+    except PreprocessError as err:
+        sys.exit(f"error: {err}")
+    print(format_summary(summary, args.dest))

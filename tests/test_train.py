@@ -1,0 +1,247 @@
+"""Training end to end on a tiny synthetic zip: the contract's files, exact resume, safe saves, guards."""
+import argparse
+import os
+
+import pytest
+import torch
+
+import checkpoints
+import main
+import train
+from train_utils import atomic_save
+
+
+def train_argv(data, checkpoint_path, result_path, clip_path, epochs, *extra, stages=1):
+    return ["--train_data", data, "--batch_size", "4", "--num_epochs", str(epochs), "--learning_rate", "2e-4",
+            "--report_interval", "2", "--noise_dim", "8", "--projection_dim", "8", "--clip_embedding_dim", "512",
+            "--checkpoint_path", str(checkpoint_path), "--result_path", str(result_path), "--num_stage", str(stages),
+            "--resume_epoch", "-1", "--use_uncond_loss", "--use_contrastive_loss", "--clip_model", clip_path,
+            "--g_in_chans", "64", "--d_in_chans", "4", *extra]
+
+
+@pytest.fixture
+def run(preprocessed_zips, tiny_clip_path, tmp_path):
+    """run(name, epochs, *extra_flags) trains into tmp_path/name and returns its checkpoint folder."""
+    def _run(name, epochs, *extra, stages=1):
+        checkpoint_path = tmp_path / name / "checkpoints"
+        main.main(train_argv(preprocessed_zips["train"], checkpoint_path, tmp_path / name / "results",
+                             tiny_clip_path, epochs, *extra, stages=stages))
+        return checkpoint_path
+    return _run
+
+
+def tensors(path):
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_files(folder_a, folder_b, names):
+    for name in names:
+        a, b = tensors(folder_a / name), tensors(folder_b / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs"
+
+
+def epoch_files(epoch, stages=1):
+    return [f"epoch_{epoch}_Gen.pt"] + [f"epoch_{epoch}_Dis_{s}.pt" for s in range(stages)]
+
+
+def test_one_epoch_writes_exactly_the_contract_files(run, tmp_path):
+    checkpoint_path = run("one", 1, stages=3)
+    written = set(os.listdir(checkpoint_path))
+    assert set(epoch_files(0, 3)) | {"hyperparameter.pt"} <= written
+    assert written - set(epoch_files(0, 3)) - {"hyperparameter.pt"} == {"epoch_0_state.pt", "loss_log.csv"}
+    hyp = tensors(checkpoint_path / "hyperparameter.pt")
+    assert hyp == {"clip_embedding_dim": 512, "projection_dim": 8, "noise_dim": 8, "num_stage": 3,
+                   "use_uncond_loss": True, "use_contrastive_loss": True, "batch_size": 4, "num_epochs": 1,
+                   "learning_rate": 2e-4, "g_in_chans": 64, "g_out_chans": 3, "d_in_chans": 4, "d_out_chans": 1}
+    assert sorted(os.listdir(tmp_path / "one" / "results")) == ["epoch_0.png", "loss_curve.png"]
+    G = checkpoints.build_generator(hyp, "cpu")
+    G.load_state_dict(tensors(checkpoint_path / "epoch_0_Gen.pt"))
+    for stage in range(3):
+        checkpoints.build_discriminator(hyp, stage, "cpu").load_state_dict(
+            tensors(checkpoint_path / f"epoch_0_Dis_{stage}.pt"))
+    log = (checkpoint_path / "loss_log.csv").read_text().splitlines()
+    assert log[0] == "epoch,step,d_loss,g_loss,seconds" and log[-1].startswith("0,end,")
+
+
+def test_the_same_command_gives_the_same_checkpoints(run):
+    first, second = run("a", 1, stages=2), run("b", 1, stages=2)
+    assert_same_files(first, second, epoch_files(0, stages=2))
+
+
+def test_resume_continues_at_the_next_epoch_and_equals_an_uninterrupted_run(run, preprocessed_zips, tiny_clip_path,
+                                                                           tmp_path, capsys):
+    straight = run("straight", 2, stages=2)
+    interrupted = run("interrupted", 1, stages=2)
+    capsys.readouterr()
+    argv = train_argv(preprocessed_zips["train"], interrupted, tmp_path / "interrupted" / "results", tiny_clip_path, 2,
+                      stages=2)
+    argv[argv.index("--resume_epoch") + 1] = "0"
+    main.main(argv + ["--resume_checkpoint_path", str(interrupted)])
+    output = capsys.readouterr()
+    assert "Resuming from epoch 0" in output.out and "epoch 1, step 0" in output.out
+    assert not (interrupted / "epoch_2_Gen.pt").exists()
+    assert_same_files(straight, interrupted, epoch_files(1, stages=2))
+    a = tensors(straight / "epoch_1_state.pt")["trainer"]["raw_generator"]
+    b = tensors(interrupted / "epoch_1_state.pt")["trainer"]["raw_generator"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_mid_epoch_snapshot_resumes_at_the_right_step(run, preprocessed_zips, tiny_clip_path, tmp_path, monkeypatch,
+                                                     capsys):
+    straight = run("straight", 2)
+    original_step = train.Trainer.step
+    calls = {"n": 0}
+
+    def dying_step(self, *batch):  # Colab disconnects during epoch 1, step 3 (of 6)
+        calls["n"] += 1
+        if calls["n"] == 6 + 4:
+            raise KeyboardInterrupt
+        return original_step(self, *batch)
+
+    monkeypatch.setattr(train.Trainer, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run("cut", 2, "--save_every_steps", "2")
+    monkeypatch.setattr(train.Trainer, "step", original_step)
+    cut = tmp_path / "cut" / "checkpoints"
+    snapshot = checkpoints.load_training_state(str(cut / checkpoints.MID_EPOCH_FILE))
+    assert (snapshot["epoch"], snapshot["step"]) == (1, 2)
+    capsys.readouterr()
+    argv = train_argv(preprocessed_zips["train"], cut, tmp_path / "cut" / "results", tiny_clip_path, 2)
+    argv[argv.index("--resume_epoch") + 1] = "latest"
+    main.main(argv + ["--resume_checkpoint_path", str(cut), "--save_every_steps", "2"])
+    assert "epoch 1, step 2" in capsys.readouterr().out
+    assert_same_files(straight, cut, epoch_files(1))
+    assert not (cut / checkpoints.MID_EPOCH_FILE).exists()  # superseded by the complete epoch
+
+
+def test_weights_only_checkpoints_still_resume_with_a_warning(run, preprocessed_zips, tiny_clip_path, tmp_path,
+                                                             capsys):
+    folder = run("course", 1)
+    os.remove(folder / "epoch_0_state.pt")  # what the course's own code leaves behind
+    argv = train_argv(preprocessed_zips["train"], folder, tmp_path / "course" / "results", tiny_clip_path, 2)
+    argv[argv.index("--resume_epoch") + 1] = "latest"
+    capsys.readouterr()
+    main.main(argv + ["--resume_checkpoint_path", str(folder)])
+    assert "no optimizer state" in capsys.readouterr().out
+    assert (folder / "epoch_1_Gen.pt").exists()
+
+
+def test_an_interrupted_save_leaves_the_previous_file_loadable(tmp_path, monkeypatch):
+    path = str(tmp_path / "epoch_0_Gen.pt")
+    atomic_save({"w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the session is cut in the middle of the write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["epoch_0_Gen.pt"]
+
+
+def test_keep_last_keeps_the_newest_epochs_and_nothing_else_is_touched(run, tmp_path):
+    folder = tmp_path / "keep" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "my_notes.txt").write_text("mine")
+    run("keep", 3, "--keep_last", "1")
+    assert sorted(os.listdir(folder)) == sorted(epoch_files(2, 1) + ["epoch_2_state.pt", "hyperparameter.pt",
+                                                                      "loss_log.csv", "my_notes.txt"])
+
+
+def test_a_non_finite_loss_is_skipped_and_reported(run, monkeypatch, capsys):
+    real_kl = train.KL_divergence
+    calls = {"n": 0}
+
+    def sometimes_nan(mu, log_sigma):
+        calls["n"] += 1
+        return real_kl(mu, log_sigma) * (float("nan") if calls["n"] == 2 else 1)
+
+    monkeypatch.setattr(train, "KL_divergence", sometimes_nan)
+    folder = run("nan", 1)
+    output = capsys.readouterr()
+    assert "non-finite loss at epoch 0 step 1" in output.err + output.out
+    assert "1 skipped step(s)" in output.out
+    G = tensors(folder / "epoch_0_Gen.pt")
+    assert all(torch.isfinite(value).all() for value in G.values() if value.is_floating_point())
+
+
+def test_repeated_non_finite_losses_stop_training_naming_the_last_good_checkpoint(run, monkeypatch):
+    folder = run("diverge", 1)
+    monkeypatch.setattr(train, "KL_divergence", lambda mu, log_sigma: torch.tensor(float("inf")))
+    with pytest.raises(SystemExit, match=f"Last good checkpoint: epoch 0 in {folder}"):
+        run("diverge", 2, "--resume_checkpoint_path", str(folder), "--resume_epoch", "0")
+
+
+def test_the_amp_path_runs_under_bf16_autocast_on_cpu(run, monkeypatch):
+    seen = []
+    original = train.Generator.forward
+
+    def recording_forward(self, text_embedding, noise):
+        result = original(self, text_embedding, noise)
+        seen.append((torch.is_autocast_enabled("cpu"), result[0][-1].dtype))
+        return result
+
+    monkeypatch.setattr(train.Generator, "forward", recording_forward)
+    folder = run("amp", 1, "--amp", stages=2)
+    assert (True, torch.bfloat16) in seen
+    G = tensors(folder / "epoch_0_Gen.pt")
+    assert all(value.dtype != torch.bfloat16 for value in G.values())  # weights stay fp32
+
+
+@pytest.mark.parametrize("flags", [["--ema", "--diffaugment", "color,translation,cutout", "--mismatch",
+                                    "--g_lr", "1e-4", "--d_lr", "4e-4"], ["--no-ema", "--language_free"]])
+def test_every_option_trains_and_keeps_the_contract(run, flags):
+    folder = run("options", 1, *flags, stages=2)
+    hyp = checkpoints.load_hyperparameters(str(folder))
+    checkpoints.load_generator(str(folder), 0)
+    for stage in range(2):
+        checkpoints.build_discriminator(hyp, stage, "cpu").load_state_dict(
+            tensors(folder / f"epoch_0_Dis_{stage}.pt"))
+
+
+def test_train_runs_from_the_course_main_namespace(preprocessed_zips, tmp_path):
+    """The course's main.py passes only its own flags; everything else takes its default."""
+    args = argparse.Namespace(train_data=preprocessed_zips["train"], batch_size=11, num_epochs=1,
+                              learning_rate=2e-4, report_interval=50, noise_dim=100, projection_dim=128,
+                              clip_embedding_dim=512, checkpoint_path=str(tmp_path / "ck"),
+                              result_path=str(tmp_path / "res"), num_stage=1, resume_epoch=-1,
+                              use_uncond_loss=True, use_contrastive_loss=False, resume_checkpoint_path=None)
+    train.train(args)
+    hyp = checkpoints.load_hyperparameters(str(tmp_path / "ck"))
+    assert (hyp["g_in_chans"], hyp["d_in_chans"]) == (1024, 64)
+    checkpoints.load_generator(str(tmp_path / "ck"), 0)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--train_data", "/nonexistent/train.zip"), "--train_data /nonexistent/train.zip: no such file"),
+    (("--clip_embedding_dim", "256"), "holds 512-d CLIP embeddings but --clip_embedding_dim is 256"),
+    (("--num_stage", "4"), "--num_stage must be 1, 2 or 3"),
+    (("--resume_checkpoint_path", "/nonexistent/ck", "--resume_epoch", "3"), "/nonexistent/ck: no such folder"),
+])
+def test_bad_input_gives_one_line_and_writes_nothing(run, tmp_path, change, message):
+    with pytest.raises(SystemExit, match=message):
+        run("bad", 1, *change)
+    assert os.listdir(tmp_path / "bad" / "checkpoints") == []
+
+
+def test_a_missing_resume_epoch_or_other_hyperparameters_are_refused(run, tmp_path):
+    folder = run("src", 1)
+    before = {name: os.path.getmtime(folder / name) for name in os.listdir(folder)}
+    with pytest.raises(SystemExit, match=r"--resume_epoch 5: .* has no complete epoch 5 \(complete epochs: \[0\]\)"):
+        run("src", 7, "--resume_checkpoint_path", str(folder), "--resume_epoch", "5")
+    with pytest.raises(SystemExit, match="made with other hyperparameters"):
+        run("src", 2, "--resume_checkpoint_path", str(folder), "--resume_epoch", "0", "--g_in_chans", "128")
+    assert {name: os.path.getmtime(folder / name) for name in os.listdir(folder)} == before
+
+
+def test_a_fresh_run_refuses_a_folder_holding_another_runs_epochs(run):
+    run("taken", 1)
+    with pytest.raises(SystemExit, match="already holds epochs"):
+        run("taken", 1)
+    run("taken", 1, "--overwrite")
