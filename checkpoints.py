@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from network import Discriminator, Generator
 

@@ -14,7 +14,7 @@ import torch
 import clip_utils
 import plots
 from checkpoints import CheckpointError, load_generator
-from train_utils import denormalize_image, normalize, print_hyp
+from train_utils import normalize, print_hyp
 
 # The course's short names for --clip_model, beside full CLIP names and local state-dict files.
 CLIP_SHORT_NAMES = {"B/32": "ViT-B/32", "L/14": "ViT-L/14", "B/16": "ViT-B/16"}

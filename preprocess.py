@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import pickle
 import re
@@ -35,12 +34,12 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import clip_utils
 from image_ops import encode_png
 from read_dataset import EMBEDDINGS_MEMBER, JSON_MEMBER
+from train_utils import clip_preprocess, custom_reshape
 
 # EMBEDDINGS_MEMBER, the binary embeddings: an uncompressed .npz (no pickled objects) holding
 #   names [N] str (PNG member names), ids [N] str (raw dataset ids), img_emb [N, D] float32,
@@ -50,7 +49,6 @@ FORMAT_VERSION = 1
 DEFAULT_NUM_CAPTIONS = {"train": 4, "test": None}
 IMAGE_FOLDERS = ("image", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-CLIP_INPUT_SIZE = 224
 CROP_RATIO = 0.99
 RESIZE_FILTERS = {"box": PIL.Image.BOX, "lanczos": PIL.Image.LANCZOS}
 
@@ -176,31 +174,11 @@ def crop_generator(seed: int, image_id: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{image_id}".encode()))
 
 
-def clip_image_input(image: np.ndarray, generator: torch.Generator, ratio: float = CROP_RATIO,
-                     size: int = CLIP_INPUT_SIZE) -> torch.Tensor:
-    """[H, W, 3] uint8 -> CLIP input [3, size, size]: random crop (>= ratio of each side), resized, normalised.
-
-    A crop smaller than `size` is padded with 1.0 at a random offset instead of being enlarged.
-    """
-    pixels = torch.tensor(image).permute(2, 0, 1).float().div_(255)
-    height, width = pixels.shape[1:]
-    crop_h = int(torch.randint(math.ceil(ratio * height), height + 1, (1,), generator=generator))
-    crop_w = int(torch.randint(math.ceil(ratio * width), width + 1, (1,), generator=generator))
-    top = int(torch.randint(0, height - crop_h + 1, (1,), generator=generator))
-    left = int(torch.randint(0, width - crop_w + 1, (1,), generator=generator))
-    crop = pixels[:, top:top + crop_h, left:left + crop_w]
-    if crop_h <= size and crop_w <= size:
-        canvas = torch.ones(3, size, size)
-        y = int(torch.randint(0, size - crop_h + 1, (1,), generator=generator))
-        x = int(torch.randint(0, size - crop_w + 1, (1,), generator=generator))
-        canvas[:, y:y + crop_h, x:x + crop_w] = crop
-        crop = canvas
-    else:
-        crop = F.interpolate(crop[None], size=(size, size), mode="bicubic", align_corners=False,
-                             antialias=True)[0].clamp_(0, 1)
-    mean = torch.tensor(clip_utils.CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(clip_utils.CLIP_STD).view(3, 1, 1)
-    return (crop - mean) / std
+def clip_image_input(image: np.ndarray, generator: torch.Generator, ratio: float = CROP_RATIO) -> torch.Tensor:
+    """[H, W, 3] uint8 -> CLIP input [3, 224, 224]: the training-time transform of train_utils (a random crop
+    of at least `ratio` of the side resized to 224, padded instead when smaller), then CLIP normalisation."""
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+    return clip_preprocess()(custom_reshape(pixels[None], ratio=ratio, generator=generator))[0]
 
 
 # ---------------------------------------------------------------------------------------- caption handling

@@ -272,7 +272,7 @@ class Trainer:
                 for name, value in G_loss(fake_out, txt_feature, g_label, self.use_uncond_loss,
                                           self.use_contrastive_loss, self.gamma, self.tau).items():
                     g_parts[f"{name}_{stage}"] = value
-            if self.use_contrastive_loss:
+            if self.use_contrastive_loss and self.lam:  # lam 0 skips CLIP's forward and backward
                 g_parts["g_clip_contrastive"] = self.lam * contrastive_loss_G(
                     fake_images[-1], self.clip_model, txt_feature, self.device, self.tau)
         g_parts["kl"] = self.beta * KL_divergence(mu.float(), log_sigma.float())
@@ -486,8 +486,8 @@ def restore(trainer: Trainer, args: Namespace, resume: ResumePoint) -> None:
     else:
         checkpoints.load_weights(trainer.saved_generator(), trainer.D_list, args.resume_checkpoint_path,
                                  resume.epoch - 1)
-        if trainer.ema is not None:
-            trainer.G.load_state_dict(trainer.ema.model.state_dict())
+    if trainer.ema is not None:  # the raw generator starts from the average unless the state holds it
+        trainer.G.load_state_dict(trainer.ema.model.state_dict())
     trainer.G.train()
     for D in trainer.D_list:
         D.train()
@@ -553,7 +553,7 @@ def save_sample_grid(generator: Generator, txt: torch.Tensor, real: torch.Tensor
     """Rows: fixed captions; first column the real image, then SAMPLE_COLS fixed noises."""
     was_training = generator.training
     generator.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
         torch.manual_seed(SAMPLE_SEED)  # the same noise (and CA samples) every epoch, so epochs compare
         noise = torch.randn(SAMPLE_COLS, txt.shape[0], noise_dim).to(device)
         columns = [generator(txt.to(device), noise[c])[0][-1].float().cpu() for c in range(SAMPLE_COLS)]
@@ -596,23 +596,34 @@ def train(args: Namespace) -> None:
     """Train from `args` (the course's flags plus OPTION_DEFAULTS); one-line error on bad input."""
     try:
         run_training(args)
-    except (TrainingError, checkpoints.CheckpointError, ValueError) as err:
+    except (TrainingError, checkpoints.CheckpointError) as err:
         raise SystemExit(f"Error: {err}") from None
+
+
+def validate_options(args: Namespace) -> None:
+    try:
+        check_num_stage(args.num_stage)
+        parse_policy(option(args, "diffaugment"))
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
+    if option(args, "eval_every") and not option(args, "eval_data"):
+        raise TrainingError("--eval_every needs --eval_data (a preprocessed test zip)")
 
 
 def run_training(args: Namespace) -> None:
     device = resolve_device(args)
-    check_num_stage(args.num_stage)
+    validate_options(args)
     # Everything that can be wrong with the input is checked before the first file is written.
     resume = find_resume_point(args)
     dataset = load_dataset(args)
-    if option(args, "eval_every") and not option(args, "eval_data"):
-        raise TrainingError("--eval_every needs --eval_data (a preprocessed test zip)")
     os.makedirs(args.checkpoint_path, exist_ok=True)
     os.makedirs(args.result_path, exist_ok=True)
     check_output_folder(args, resume)
     clip_model = load_clip_for_training(args, device)
-    trainer = build_trainer(args, device, clip_model)
+    try:
+        trainer = build_trainer(args, device, clip_model)
+    except ValueError as err:  # a width the stages cannot halve, for instance
+        raise TrainingError(str(err)) from None
     if resume is not None:
         restore(trainer, args, resume)
         print(f"Resuming from {resume.source}: epoch {resume.epoch}, step {resume.step}")
