@@ -30,6 +30,8 @@ import clip_utils
 import plots
 from augment import diff_augment, parse_policy
 from image_ops import stage_images_from_uint8
+from evaluate import Evaluator, load_test_dataset, summary_line, write_report
+from metrics import EvaluationError
 from network import Discriminator, DiscriminatorLogits, Generator, check_num_stage, weight_init
 from read_dataset import ZipDataset
 from checkpoints import atomic_save
@@ -68,6 +70,7 @@ OPTION_DEFAULTS = {
 SEED = 0  # the course fixes the seed at 0: data order and evaluation draw from it
 SAMPLE_ROWS, SAMPLE_COLS = 8, 4  # the per-epoch grid: 8 fixed captions x 4 fixed noises (+ the real image)
 SAMPLE_SEED = 1234
+EVAL_FIELDS = ["fid", "kid_mean", "is_mean", "clip_score"]  # evaluation figures logged with the losses
 
 
 class TrainingError(Exception):
@@ -499,9 +502,10 @@ def restore(trainer: Trainer, args: Namespace, resume: ResumePoint) -> None:
 
 
 class LossLog:
-    """loss_log.csv beside the checkpoints: one row per report interval, and one per epoch (step = 'end')."""
+    """loss_log.csv beside the checkpoints: one row per report interval, and one per epoch (step = 'end') that
+    also holds the evaluation figures of the epochs that were evaluated."""
 
-    FIELDS = ["epoch", "step", "d_loss", "g_loss", "seconds"]
+    FIELDS = ["epoch", "step", "d_loss", "g_loss", "seconds", *EVAL_FIELDS]
 
     def __init__(self, path: str, resume: ResumePoint | None):
         self.path = path
@@ -521,11 +525,13 @@ class LossLog:
             return epoch < resume.epoch
         return row["step"] != "end" and int(row["step"]) < resume.step
 
-    def add(self, epoch: int, step: int | str, d_loss: float, g_loss: float, seconds: float) -> None:
+    def add(self, epoch: int, step: int | str, d_loss: float, g_loss: float, seconds: float,
+            figures: dict | None = None) -> None:
+        row = {"epoch": epoch, "step": step, "d_loss": f"{d_loss:.6f}", "g_loss": f"{g_loss:.6f}",
+               "seconds": f"{seconds:.2f}"}
+        row.update({name: figures[name] for name in EVAL_FIELDS if figures and figures.get(name) is not None})
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.FIELDS).writerow(
-                {"epoch": epoch, "step": step, "d_loss": f"{d_loss:.6f}", "g_loss": f"{g_loss:.6f}",
-                 "seconds": f"{seconds:.2f}"})
+            csv.DictWriter(f, self.FIELDS).writerow(row)
 
 
 def sample_conditions(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -582,21 +588,20 @@ def check_output_folder(args: Namespace, resume: ResumePoint | None) -> None:
                             f"another folder, or pass --overwrite")
 
 
-def run_evaluation(args: Namespace, trainer: Trainer, epoch: int, device: torch.device) -> dict:
-    import evaluate  # only when asked: it pulls in the metric library
-    eval_dataset = evaluate.load_test_dataset(option(args, "eval_data"), args.clip_embedding_dim)
-    return evaluate.evaluate_generator(
-        trainer.saved_generator(), eval_dataset, num_samples=option(args, "eval_samples"),
-        batch_size=args.batch_size, device=device, clip_model=trainer.clip_model,
-        inception_weights=option(args, "inception_weights"), seed=SEED,
-        out_dir=os.path.join(args.result_path, f"eval_epoch_{epoch}"))
+def make_evaluator(args: Namespace, clip_model: nn.Module | None, device: torch.device):
+    """The test-split evaluator for --eval_every, built once: the test zip, Inception and the real images'
+    features are loaded a single time for the whole run."""
+    dataset = load_test_dataset(option(args, "eval_data"), args.clip_embedding_dim)
+    return Evaluator(dataset, num_samples=option(args, "eval_samples"), batch_size=args.batch_size,
+                              device=device, clip_model=clip_model, inception_weights=option(args, "inception_weights"),
+                              seed=SEED)
 
 
 def train(args: Namespace) -> None:
     """Train from `args` (the course's flags plus OPTION_DEFAULTS); one-line error on bad input."""
     try:
         run_training(args)
-    except (TrainingError, checkpoints.CheckpointError) as err:
+    except (TrainingError, checkpoints.CheckpointError, EvaluationError) as err:
         raise SystemExit(f"Error: {err}") from None
 
 
@@ -620,6 +625,7 @@ def run_training(args: Namespace) -> None:
     os.makedirs(args.result_path, exist_ok=True)
     check_output_folder(args, resume)
     clip_model = load_clip_for_training(args, device)
+    evaluator = make_evaluator(args, clip_model, device) if option(args, "eval_every") else None
     try:
         trainer = build_trainer(args, device, clip_model)
     except ValueError as err:  # a width the stages cannot halve, for instance
@@ -675,12 +681,14 @@ def run_training(args: Namespace) -> None:
         save_model(args, trainer.saved_generator(), trainer.D_list, epoch, args.num_stage)
         save_sample_grid(trainer.saved_generator(), sample_txt, sample_real, args.noise_dim,
                          os.path.join(args.result_path, f"epoch_{epoch}.png"), device)
-        loss_log.add(epoch, "end", mean_d, mean_g, seconds)
+        figures = {}
+        if evaluator is not None and (epoch + 1) % option(args, "eval_every") == 0:
+            report = os.path.join(args.result_path, f"eval_epoch_{epoch}")
+            figures = evaluator(trainer.saved_generator(), report + ".png")
+            write_report(report + ".json", figures)
+            tqdm.write(f"Epoch {epoch} evaluation: {summary_line(figures)}")
+        loss_log.add(epoch, "end", mean_d, mean_g, seconds, figures)
         plots.plot_loss_curve(loss_log.path, os.path.join(args.result_path, "loss_curve.png"))
-        if option(args, "eval_every") and (epoch + 1) % option(args, "eval_every") == 0:
-            figures = run_evaluation(args, trainer, epoch, device)
-            tqdm.write(f"Epoch {epoch} evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()
-                                                                 if isinstance(v, float)))
         save_training_state(checkpoints.state_file(args.checkpoint_path, epoch), trainer, epoch + 1, 0,
                             with_weights=False)
         mid_path = os.path.join(args.checkpoint_path, checkpoints.MID_EPOCH_FILE)

@@ -245,3 +245,18 @@ def test_a_fresh_run_refuses_a_folder_holding_another_runs_epochs(run):
     with pytest.raises(SystemExit, match="already holds epochs"):
         run("taken", 1)
     run("taken", 1, "--overwrite")
+
+
+def test_eval_every_logs_the_figures_with_the_losses(run, preprocessed_zips, tmp_path):
+    import csv
+
+    import metrics
+
+    inception = metrics.make_random_inception(str(tmp_path / "inception.pt"))
+    folder = run("eval", 1, "--eval_every", "1", "--eval_data", preprocessed_zips["train"], "--eval_samples", "10",
+                 "--inception_weights", inception)
+    with open(folder / "loss_log.csv", newline="") as f:
+        end = [row for row in csv.DictReader(f) if row["step"] == "end"][0]
+    assert float(end["fid"]) > 0 and float(end["is_mean"]) >= 1 and end["clip_score"] != ""
+    assert (tmp_path / "eval" / "results" / "eval_epoch_0.json").exists()
+    assert (tmp_path / "eval" / "results" / "eval_epoch_0.png").exists()
