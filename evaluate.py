@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision.utils
 from tqdm import tqdm
 
 import clip_utils
+import plots
 from checkpoints import CheckpointError, load_generator
 from metrics import (IS_SPLITS, EvaluationError, clip_image_embeddings, clip_score, fidelity_metrics,
                      inception_features, load_inception, to_uint8)
@@ -188,7 +188,10 @@ class Evaluator:
             figures["clip_score"] = clip_score(embeddings, self.text_embeddings)
         if grid_path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(grid_path)), exist_ok=True)
-            torchvision.utils.save_image(images[:GRID_IMAGES].float() / 255, grid_path, nrow=GRID_ROWS)
+            shown = range(min(GRID_IMAGES, self.num_samples))
+            captions = [self.dataset.captions_of(int(self.indices[i]))[int(self.captions[i])] for i in shown]
+            plots.save_image_grid(images[:len(shown)].float() / 127.5 - 1, grid_path, ncol=GRID_ROWS,
+                                  captions=captions if any(captions) else None)
         figures.update(num_samples=self.num_samples, seed=self.seed, generated_size=generated_size,
                        eval_size=self.image_size, seconds=round(time.time() - started, 1))
         return figures

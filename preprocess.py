@@ -44,7 +44,8 @@ from train_utils import clip_preprocess, custom_reshape
 # EMBEDDINGS_MEMBER, the binary embeddings: an uncompressed .npz (no pickled objects) holding
 #   names [N] str (PNG member names), ids [N] str (raw dataset ids), img_emb [N, D] float32,
 #   txt_emb [M, D] float32 (all captions, image by image), txt_offsets [N + 1] int64
-#   (image i owns txt_emb[txt_offsets[i]:txt_offsets[i + 1]]), format_version [] int64.
+#   (image i owns txt_emb[txt_offsets[i]:txt_offsets[i + 1]]), captions [M] str (the caption texts, in the
+#   same order, for captioned grids), format_version [] int64.
 FORMAT_VERSION = 1
 DEFAULT_NUM_CAPTIONS = {"train": 4, "test": None}
 IMAGE_FOLDERS = ("image", "images")
@@ -195,6 +196,7 @@ class CaptionTokens:
     num_captions: int
     num_long: int = 0               # captions split at periods and commas
     num_truncated: int = 0          # parts still over 77 tokens, truncated
+    texts: list[str] = field(default_factory=list)  # the captions themselves, kept for captioned grids
 
 
 def tokenize_captions(captions: list[str]) -> CaptionTokens:
@@ -213,7 +215,7 @@ def tokenize_captions(captions: list[str]) -> CaptionTokens:
                 rows.append(clip_utils.tokenize([part], truncate=True))
                 num_truncated += 1
             owner.append(index)
-    return CaptionTokens(torch.cat(rows), owner, len(captions), num_long, num_truncated)
+    return CaptionTokens(torch.cat(rows), owner, len(captions), num_long, num_truncated, list(captions))
 
 
 def read_captions(data: bytes, num_captions: int | None) -> list[str]:
@@ -246,22 +248,29 @@ class PreprocessedZipWriter:
         self.ids: list[str] = []
         self.img_emb: list[np.ndarray] = []
         self.txt_emb: list[np.ndarray] = []
+        self.captions: list[str] = []
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def add(self, image: np.ndarray, img_emb: np.ndarray, txt_emb: np.ndarray, source_id: str) -> str:
-        """Add one [H, W, 3] uint8 image with its raw [D] image and [n, D] caption embeddings."""
+    def add(self, image: np.ndarray, img_emb: np.ndarray, txt_emb: np.ndarray, source_id: str,
+            captions: list[str] | None = None) -> str:
+        """Add one [H, W, 3] uint8 image with its raw [D] image and [n, D] caption embeddings (and, optionally,
+        the n caption texts, which grids print under the images)."""
         img_emb = np.asarray(img_emb, dtype=np.float32).reshape(-1)
         txt_emb = np.asarray(txt_emb, dtype=np.float32).reshape(-1, self.emb_dim)
         if img_emb.shape[0] != self.emb_dim or len(txt_emb) == 0:
             raise ValueError(f"{source_id}: expected a {self.emb_dim}-d image embedding and at least one caption")
+        captions = list(captions) if captions is not None else [""] * len(txt_emb)
+        if len(captions) != len(txt_emb):
+            raise ValueError(f"{source_id}: {len(captions)} caption texts for {len(txt_emb)} caption embeddings")
         name = archive_name(len(self.names))
         self.archive.writestr(name, encode_png(image))
         self.names.append(name)
         self.ids.append(str(source_id))
         self.img_emb.append(img_emb)
         self.txt_emb.append(txt_emb)
+        self.captions.extend(captions)
         return name
 
     def _write_json(self) -> None:
@@ -282,6 +291,7 @@ class PreprocessedZipWriter:
         np.savez(buffer, names=np.array(self.names), ids=np.array(self.ids),
                  img_emb=np.stack(self.img_emb), txt_emb=np.concatenate(self.txt_emb),
                  txt_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                 captions=np.array(self.captions, dtype=str),
                  format_version=np.array(FORMAT_VERSION, dtype=np.int64))
         self.archive.writestr(EMBEDDINGS_MEMBER, buffer.getbuffer())
 
@@ -443,7 +453,7 @@ def run(args: argparse.Namespace, split: str) -> Summary:
                 if batch and (len(batch) == args.batch_size or not pending):
                     img_emb, txt_emb = encode_batch(model, batch, device)
                     for s, image_emb, caption_emb in zip(batch, img_emb, txt_emb):
-                        writer.add(s.image, image_emb, caption_emb, s.image_id)
+                        writer.add(s.image, image_emb, caption_emb, s.image_id, s.captions.texts)
                         summary.captions += len(caption_emb)
                         summary.long_captions += s.captions.num_long
                         summary.truncated_parts += s.captions.num_truncated

@@ -68,7 +68,10 @@ class _MemberReader:
 
 def _embeddings_from_npz(data: bytes) -> dict:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {key: npz[key] for key in ("names", "ids", "img_emb", "txt_emb", "txt_offsets")}
+        embeddings = {key: npz[key] for key in ("names", "ids", "img_emb", "txt_emb", "txt_offsets")}
+        if "captions" in npz.files:  # caption texts (written since format 1 of preprocess.py, for grids)
+            embeddings["captions"] = npz["captions"]
+        return embeddings
 
 
 def _embeddings_from_json(data: bytes) -> dict:
@@ -119,6 +122,7 @@ class ZipDataset(Dataset):
             self.txt_emb = torch.from_numpy(embeddings["txt_emb"])
             self.txt_offsets = torch.from_numpy(embeddings["txt_offsets"])
             self.caption_counts = self.txt_offsets[1:] - self.txt_offsets[:-1]
+            self.caption_texts = [str(c) for c in embeddings["captions"]] if "captions" in embeddings else None
             self.embedding_dim = int(self.img_emb.shape[1])
             if not self.names or len(self.img_emb) != len(self.names) or len(self.txt_offsets) != len(self.names) + 1:
                 raise ValueError(f"{data_path}: embeddings and image list disagree in length")
@@ -173,6 +177,11 @@ class ZipDataset(Dataset):
         """All caption embeddings [n, D] of image `index`, in the order of its caption file."""
         emb = self.txt_emb[self.txt_offsets[index]:self.txt_offsets[index + 1]]
         return _normalize(emb) if normalized else emb.clone()
+
+    def captions_of(self, index: int) -> list[str]:
+        """The caption texts of image `index` (empty strings for zips written without them)."""
+        start, stop = int(self.txt_offsets[index]), int(self.txt_offsets[index + 1])
+        return self.caption_texts[start:stop] if self.caption_texts is not None else [""] * (stop - start)
 
     def caption_count(self, index: int) -> int:
         return int(self.caption_counts[index])

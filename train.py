@@ -534,9 +534,10 @@ class LossLog:
             csv.DictWriter(f, self.FIELDS).writerow(row)
 
 
-def sample_conditions(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed captions for the per-epoch grid: the first caption of the first `count` images, and those
-    images as uint8 [count, 3, 256, 256] or [-1, 1] tensors of the largest stage."""
+def sample_conditions(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """Fixed captions for the per-epoch grid: the first caption of the first `count` images, those images
+    (from uint8 [count, 3, 256, 256] or [-1, 1] tensors of the largest stage), and the caption texts when the
+    zip holds them."""
     count = min(count, len(dataset))
     with torch.random.fork_rng(devices=[]):  # the course's loader picks a caption at random
         torch.manual_seed(SAMPLE_SEED)
@@ -550,13 +551,15 @@ def sample_conditions(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         real = torch.stack([item[0] for item in items]).float() / 127.5 - 1
     else:
         real = torch.stack([item[0][-1] for item in items])
-    return normalize(txt.float()), real
+    texts = [dataset.captions_of(i)[0] for i in range(count)] if hasattr(dataset, "captions_of") else None
+    return normalize(txt.float()), real, texts if texts and any(texts) else None
 
 
 @torch.no_grad()
-def save_sample_grid(generator: Generator, txt: torch.Tensor, real: torch.Tensor, noise_dim: int, path: str,
-                     device: torch.device) -> None:
-    """Rows: fixed captions; first column the real image, then SAMPLE_COLS fixed noises."""
+def save_sample_grid(generator: Generator, txt: torch.Tensor, real: torch.Tensor, texts: list[str] | None,
+                     noise_dim: int, path: str, device: torch.device) -> None:
+    """Rows: fixed captions (printed under the real image); first column the real image, then SAMPLE_COLS
+    fixed noises."""
     was_training = generator.training
     generator.eval()
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
@@ -566,7 +569,9 @@ def save_sample_grid(generator: Generator, txt: torch.Tensor, real: torch.Tensor
     generator.train(was_training)
     size = columns[0].shape[-1]
     real = F.interpolate(real.float(), size=(size, size), mode="area")
-    plots.save_image_grid(torch.stack([real, *columns], dim=1).flatten(0, 1), path, ncol=SAMPLE_COLS + 1)
+    captions = [text if column == 0 else "" for text in texts for column in range(SAMPLE_COLS + 1)] if texts else None
+    plots.save_image_grid(torch.stack([real, *columns], dim=1).flatten(0, 1), path, ncol=SAMPLE_COLS + 1,
+                          captions=captions)
 
 
 def save_training_state(path: str, trainer: Trainer, epoch: int, step: int, with_weights: bool) -> None:
@@ -637,7 +642,7 @@ def run_training(args: Namespace) -> None:
 
     start_epoch, start_step = (resume.epoch, resume.step) if resume else (0, 0)
     per_epoch = steps_per_epoch(len(dataset), args.batch_size)
-    sample_txt, sample_real = sample_conditions(dataset, SAMPLE_ROWS)
+    sample_txt, sample_real, sample_texts = sample_conditions(dataset, SAMPLE_ROWS)
     loss_log = LossLog(os.path.join(args.checkpoint_path, "loss_log.csv"), resume)
     save_every, max_bad = option(args, "save_every_steps"), option(args, "max_bad_steps")
     bad_in_a_row, skipped_total, started = 0, 0, time.time()
@@ -679,7 +684,7 @@ def run_training(args: Namespace) -> None:
         seconds = time.time() - epoch_started
         mean_d, mean_g = (sums[0] / counted, sums[1] / counted) if counted else (float("nan"), float("nan"))
         save_model(args, trainer.saved_generator(), trainer.D_list, epoch, args.num_stage)
-        save_sample_grid(trainer.saved_generator(), sample_txt, sample_real, args.noise_dim,
+        save_sample_grid(trainer.saved_generator(), sample_txt, sample_real, sample_texts, args.noise_dim,
                          os.path.join(args.result_path, f"epoch_{epoch}.png"), device)
         figures = {}
         if evaluator is not None and (epoch + 1) % option(args, "eval_every") == 0:

@@ -1,0 +1,294 @@
+"""Check a checkpoint folder the way the graders will use it, before submitting it.
+
+    python check_submission.py --checkpoint_path /content/drive/MyDrive/t2i/checkpoints --epoch 5 \
+        --zip submission_epoch_5.zip
+
+The graders rebuild the models from `hyperparameter.pt` with positional constructors, load the state dicts
+strictly, and run their own `generate_image.py`. This script does the same, with the same calls, then
+generates the two grader-style prompts and saves their images. Every problem that would cost points is printed
+as one line naming the file; the exit status is 1 if there is any. With --zip the graded files are packed
+(only when the check passes).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import zipfile
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+import clip_utils
+import plots
+from checkpoints import HYPERPARAMETER_KEYS
+from generate_image import CLIP_SHORT_NAMES, encode_prompt, generate, save_results
+from network import Discriminator, Generator
+from train_utils import HYPERPARAMETER_FILE, discriminator_file, generator_file
+
+GRADER_PROMPTS = (
+    "The woman is young and has blond hair, and arched eyebrows.",
+    "The man is middle-aged and has black hair, a mustache and a goatee.",
+)
+# Constructor arguments read from hyperparameter.pt: they must be plain ints for the graders' calls to work.
+INT_KEYS = ("clip_embedding_dim", "projection_dim", "noise_dim", "num_stage", "g_in_chans", "g_out_chans",
+            "d_in_chans", "d_out_chans")
+# The course's generate_image.py saves fake_images[-3], [-2] and [-1]: fewer stages raise an IndexError there.
+GRADED_NUM_STAGE = 3
+# Below this pixel standard deviation (images in [-1, 1]) a generated image is one flat colour.
+FLAT_IMAGE_STD = 0.02
+
+
+@dataclass
+class CheckResult:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)      # the graded files that exist, in packing order
+    images: list[str] = field(default_factory=list)
+
+    def problem(self, path: str, reason: str) -> None:
+        self.problems.append(f"{path}: {reason}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Check (and optionally pack) a submission as the graders load it.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint_path", required=True, help="folder with hyperparameter.pt and the epoch files")
+    parser.add_argument("--epoch", type=int, required=True, help="the epoch N to submit (epoch_N_Gen.pt)")
+    parser.add_argument("--clip_model", default="ViT-B/32",
+                        help="B/32, L/14, B/16, a full CLIP name, or a local CLIP state-dict file")
+    parser.add_argument("--out_dir", default="submission_check", help="where the prompts' images go")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed for the prompt images")
+    parser.add_argument("--num_images", type=int, default=4, help="images per prompt (the grid shows them all)")
+    parser.add_argument("--zip", default=None, help="pack the graded files into this zip when the check passes")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    return parser
+
+
+def human_size(num_bytes: int) -> str:
+    size = float(num_bytes)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{num_bytes} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def read_hyperparameters(checkpoint_path: str, result: CheckResult) -> dict | None:
+    """hyperparameter.pt as the graders read it, or None (with the problem recorded)."""
+    path = os.path.join(checkpoint_path, HYPERPARAMETER_FILE)
+    if not os.path.isfile(path):
+        result.problem(path, "missing; the graders build the models from it")
+        return None
+    result.files.append(path)
+    try:
+        hyp = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        result.problem(path, f"not loadable with torch.load(weights_only=True) ({type(err).__name__}); "
+                             f"it must hold a plain dict of numbers and booleans")
+        return None
+    if not isinstance(hyp, dict):
+        result.problem(path, f"holds a {type(hyp).__name__}, not a dict")
+        return None
+    missing = [key for key in HYPERPARAMETER_KEYS if key not in hyp]
+    if missing:
+        result.problem(path, f"lacks the keys {missing} (all 13 are required)")
+        return None
+    wrong = [key for key in INT_KEYS if type(hyp[key]) is not int]
+    if wrong:
+        result.problem(path, f"{wrong} must be ints, got {[type(hyp[key]).__name__ for key in wrong]}")
+        return None
+    if hyp["num_stage"] != GRADED_NUM_STAGE:
+        result.problem(path, f"num_stage is {hyp['num_stage']}; the graders' generate_image.py saves "
+                             f"fake_images[-3], [-2], [-1] and needs {GRADED_NUM_STAGE} stages (64, 128, 256 px)")
+    return hyp
+
+
+def grader_models(hyp: dict, device: torch.device) -> tuple[nn.Module, list[nn.Module]]:
+    """The models built exactly as the graders build them: positional arguments, in the contract's order."""
+    h = hyp
+    generator = Generator(h['clip_embedding_dim'], h['projection_dim'], h['noise_dim'], h['g_in_chans'],
+                          h['g_out_chans'], h['num_stage'], device)
+    discriminators = [Discriminator(h['projection_dim'], h['g_out_chans'], h['d_in_chans'], h['d_out_chans'],
+                                    h['clip_embedding_dim'], stage, device) for stage in range(h['num_stage'])]
+    return generator, discriminators
+
+
+def describe_mismatch(model: nn.Module, state: dict) -> str:
+    """Why `state` does not load strictly into `model`: counts and first examples of each kind of mismatch."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [f"{key} {list(state[key].shape)} vs {list(expected[key].shape)}" for key in expected
+              if key in state and isinstance(state[key], torch.Tensor) and state[key].shape != expected[key].shape]
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            parts.append(f"{len(items)} {label} (e.g. {items[0]})")
+    return "; ".join(parts) or "load_state_dict refused it"
+
+
+def load_strictly(model: nn.Module, path: str, what: str, result: CheckResult) -> bool:
+    """Load `path` into `model` as the graders do (weights_only=True, strict); record a problem if it fails."""
+    if not os.path.isfile(path):
+        result.problem(path, "missing")
+        return False
+    result.files.append(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        result.problem(path, f"not loadable with torch.load(weights_only=True) ({type(err).__name__}); "
+                             f"save model.state_dict(), not the model")
+        return False
+    if not isinstance(state, dict):
+        result.problem(path, f"holds a {type(state).__name__}, not a state dict")
+        return False
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        result.problem(path, f"does not fit the {what} built from {HYPERPARAMETER_FILE}: "
+                             f"{describe_mismatch(model, state)}")
+        return False
+    bad = [key for key, value in state.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        result.problem(path, f"{len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}); submit an earlier epoch")
+        return False
+    return True
+
+
+def stray_discriminators(checkpoint_path: str, epoch: int, num_stage: int) -> list[str]:
+    """epoch_N_Dis_i.pt files with i >= num_stage: left from a run with more stages."""
+    pattern = re.compile(rf"epoch_{epoch}_Dis_(\d+)\.pt")
+    return sorted(os.path.join(checkpoint_path, name) for name in os.listdir(checkpoint_path)
+                  if (match := pattern.fullmatch(name)) and int(match.group(1)) >= num_stage)
+
+
+def generate_prompts(generator: nn.Module, hyp: dict, args: argparse.Namespace, device: torch.device,
+                     result: CheckResult) -> None:
+    """Generate GRADER_PROMPTS like the graders' generate_image.py; save result_*.png per prompt and one grid."""
+    clip_name = CLIP_SHORT_NAMES.get(args.clip_model, args.clip_model)
+    try:
+        clip_model = clip_utils.load_clip(clip_name, device)
+    except Exception as err:
+        result.problem(f"--clip_model {args.clip_model}", f"cannot load CLIP to generate the prompts "
+                                                          f"({type(err).__name__}: {err})")
+        return
+    dim = clip_utils.clip_embedding_dim(clip_model)
+    if dim != hyp["clip_embedding_dim"]:
+        result.problem(os.path.join(args.checkpoint_path, HYPERPARAMETER_FILE),
+                       f"clip_embedding_dim is {hyp['clip_embedding_dim']} but --clip_model {args.clip_model} "
+                       f"gives {dim}-d embeddings; the graders encode prompts with ViT-B/32 (512)")
+        return
+    torch.manual_seed(args.seed)
+    largest = []
+    for index, prompt in enumerate(GRADER_PROMPTS):
+        fake_images = generate(generator, encode_prompt(clip_model, prompt, device), hyp["noise_dim"],
+                               args.num_images, device)
+        if not all(torch.isfinite(images).all() for images in fake_images):
+            result.problem(generator_file(args.checkpoint_path, args.epoch),
+                           f"the generator outputs NaN or Inf for {prompt!r}")
+            return
+        spread = fake_images[-1].flatten(1).std(dim=1).max().item()
+        if spread < FLAT_IMAGE_STD:
+            result.warnings.append(f"{generator_file(args.checkpoint_path, args.epoch)}: the images for prompt "
+                                   f"{index + 1} are flat (pixel std {spread:.3f}); the model has not learned yet")
+        folder = os.path.join(args.out_dir, f"prompt_{index + 1}")
+        save_results(fake_images, folder, prompt)
+        result.images.append(f"{folder}/result_{{64,128,256}}.png: {prompt}")
+        largest.append(fake_images[-1])
+    grid_path = os.path.join(args.out_dir, "prompts.png")
+    images = torch.cat(largest)
+    captions = [prompt for prompt in GRADER_PROMPTS for _ in range(args.num_images)]
+    plots.save_image_grid(images, grid_path, ncol=args.num_images, captions=captions)
+    result.images.append(f"{grid_path}: both prompts, {args.num_images} noises each, captioned")
+
+
+def check(args: argparse.Namespace) -> CheckResult:
+    """Every check, in the order the graders would hit the problems."""
+    result = CheckResult()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not os.path.isdir(args.checkpoint_path):
+        result.problem(args.checkpoint_path, "no such folder (--checkpoint_path)")
+        return result
+    hyp = read_hyperparameters(args.checkpoint_path, result)
+    if hyp is None:
+        # Still name the epoch files that are missing, so one run lists everything to fix.
+        gen_path = generator_file(args.checkpoint_path, args.epoch)
+        if not os.path.isfile(gen_path):
+            result.problem(gen_path, "missing")
+        return result
+    generator, discriminators = grader_models(hyp, device)
+    print(f"Checking epoch {args.epoch} in {args.checkpoint_path} ({hyp['num_stage']} stages, "
+          f"Ng {hyp['g_in_chans']}, Nd {hyp['d_in_chans']}, CLIP {hyp['clip_embedding_dim']}-d)")
+    generator_ok = load_strictly(generator, generator_file(args.checkpoint_path, args.epoch), "Generator", result)
+    for stage, discriminator in enumerate(discriminators):
+        load_strictly(discriminator, discriminator_file(args.checkpoint_path, args.epoch, stage),
+                      f"Discriminator of stage {stage}", result)
+    for path in stray_discriminators(args.checkpoint_path, args.epoch, hyp["num_stage"]):
+        result.warnings.append(f"{path}: not graded (num_stage is {hyp['num_stage']}); is {HYPERPARAMETER_FILE} "
+                               f"from the same run as the weights?")
+
+    counts = {generator_file(args.checkpoint_path, args.epoch): count_parameters(generator)}
+    counts.update({discriminator_file(args.checkpoint_path, args.epoch, stage): count_parameters(discriminator)
+                   for stage, discriminator in enumerate(discriminators)})
+    for path in result.files:
+        parameters = f"{counts[path]:>13,} parameters" if path in counts else ""
+        print(f"  {os.path.basename(path):<24} {human_size(os.path.getsize(path)):>10}  {parameters}")
+    total = sum(os.path.getsize(path) for path in result.files)
+    print(f"  {'total':<24} {human_size(total):>10}")
+
+    if generator_ok:
+        generator.to(device).eval()  # the graders' load_checkpoint puts the models in eval mode
+        generate_prompts(generator, hyp, args, device, result)
+    return result
+
+
+def pack(paths: list[str], zip_path: str) -> None:
+    """The graded files, flat, in a zip (written to a temporary name first, so a failed pack leaves nothing)."""
+    os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
+    tmp_path = f"{zip_path}.tmp-{os.getpid()}"
+    try:
+        # The .pt files are zip archives already: storing them costs no space and saves the compression time.
+        with zipfile.ZipFile(tmp_path, "w", compression=zipfile.ZIP_STORED) as archive:
+            for path in paths:
+                archive.write(path, arcname=os.path.basename(path))
+        os.replace(tmp_path, zip_path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.num_images < 1:
+        print("error: --num_images must be at least 1", file=sys.stderr)
+        return 1
+    result = check(args)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    if result.images:
+        print("Prompt images (look at them: 10 points a prompt whose image matches its text):")
+        for path in result.images:
+            print(f"  {path}")
+    if result.problems:
+        for problem in result.problems:
+            print(f"PROBLEM: {problem}", file=sys.stderr)
+        print(f"FAILED: {len(result.problems)} problem(s) would cost points; fix them before submitting"
+              + (f" (nothing packed into {args.zip})" if args.zip else ""), file=sys.stderr)
+        return 1
+    if args.zip:
+        pack(result.files, args.zip)
+        print(f"Packed {len(result.files)} files into {args.zip} ({human_size(os.path.getsize(args.zip))})")
+    print(f"OK: epoch {args.epoch} in {args.checkpoint_path} loads exactly as the graders load it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
