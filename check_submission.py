@@ -23,10 +23,10 @@ import torch.nn as nn
 
 import clip_utils
 import plots
-from checkpoints import HYPERPARAMETER_KEYS
+from checkpoints import (HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator, build_generator,
+                         discriminator_file, generator_file)
 from generate_image import CLIP_SHORT_NAMES, encode_prompt, generate, save_results
-from network import Discriminator, Generator
-from train_utils import HYPERPARAMETER_FILE, discriminator_file, generator_file
+from network import count_parameters
 
 GRADER_PROMPTS = (
     "The woman is young and has blond hair, and arched eyebrows.",
@@ -76,10 +76,6 @@ def human_size(num_bytes: int) -> str:
     return f"{size:.1f} GB"
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def read_hyperparameters(checkpoint_path: str, result: CheckResult) -> dict | None:
     """hyperparameter.pt as the graders read it, or None (with the problem recorded)."""
     path = os.path.join(checkpoint_path, HYPERPARAMETER_FILE)
@@ -108,16 +104,6 @@ def read_hyperparameters(checkpoint_path: str, result: CheckResult) -> dict | No
         result.problem(path, f"num_stage is {hyp['num_stage']}; the graders' generate_image.py saves "
                              f"fake_images[-3], [-2], [-1] and needs {GRADED_NUM_STAGE} stages (64, 128, 256 px)")
     return hyp
-
-
-def grader_models(hyp: dict, device: torch.device) -> tuple[nn.Module, list[nn.Module]]:
-    """The models built exactly as the graders build them: positional arguments, in the contract's order."""
-    h = hyp
-    generator = Generator(h['clip_embedding_dim'], h['projection_dim'], h['noise_dim'], h['g_in_chans'],
-                          h['g_out_chans'], h['num_stage'], device)
-    discriminators = [Discriminator(h['projection_dim'], h['g_out_chans'], h['d_in_chans'], h['d_out_chans'],
-                                    h['clip_embedding_dim'], stage, device) for stage in range(h['num_stage'])]
-    return generator, discriminators
 
 
 def describe_mismatch(model: nn.Module, state: dict) -> str:
@@ -224,7 +210,9 @@ def check(args: argparse.Namespace) -> CheckResult:
         if not os.path.isfile(gen_path):
             result.problem(gen_path, "missing")
         return result
-    generator, discriminators = grader_models(hyp, device)
+    # Built exactly as the graders build them: positional arguments from hyperparameter.pt.
+    generator = build_generator(hyp, device)
+    discriminators = [build_discriminator(hyp, stage, device) for stage in range(hyp["num_stage"])]
     print(f"Checking epoch {args.epoch} in {args.checkpoint_path} ({hyp['num_stage']} stages, "
           f"Ng {hyp['g_in_chans']}, Nd {hyp['d_in_chans']}, CLIP {hyp['clip_embedding_dim']}-d)")
     generator_ok = load_strictly(generator, generator_file(args.checkpoint_path, args.epoch), "Generator", result)

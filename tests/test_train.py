@@ -62,7 +62,8 @@ def test_one_epoch_writes_exactly_the_contract_files(run, tmp_path):
         checkpoints.build_discriminator(hyp, stage, "cpu").load_state_dict(
             tensors(checkpoint_path / f"epoch_0_Dis_{stage}.pt"))
     log = (checkpoint_path / "loss_log.csv").read_text().splitlines()
-    assert log[0] == "epoch,step,d_loss,g_loss,seconds" and log[-1].startswith("0,end,")
+    assert log[0] == "epoch,step,d_loss,g_loss,seconds,fid,kid_mean,is_mean,clip_score"
+    assert log[-1].startswith("0,end,")
 
 
 def test_the_same_command_gives_the_same_checkpoints(run):
