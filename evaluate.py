@@ -227,7 +227,7 @@ def summary_line(figures: dict) -> str:
             f"IS {figures['is_mean']:.3f} ± {figures['is_std']:.3f}{clip_part} | {figures['num_samples']} images")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="FID, KID, IS and CLIP score of a checkpoint on the test split.")
     parser.add_argument("--checkpoint_path", required=True, help="folder with hyperparameter.pt and epoch files")
     parser.add_argument("--load_epoch", type=int, required=True, help="epoch N of epoch_N_Gen.pt")
@@ -244,7 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JSON report path (default CHECKPOINT_PATH/eval_epoch_N.json); the grid goes beside it")
     parser.add_argument("--seed", type=int, default=0, help="caption, noise and subset draw")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    return parser
 
 
 def resolve_device(name: str) -> torch.device:
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         run(args)
     except (EvaluationError, CheckpointError) as err:

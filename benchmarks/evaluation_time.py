@@ -1,6 +1,6 @@
 """Time each phase of the evaluation on random weights, and extrapolate to the 6000-image test split.
 
-    python benchmarks/evaluate.py --num_images 200 --batch_size 64 --device cuda
+    python benchmarks/evaluation_time.py --num_images 200 --batch_size 64 --device cuda
 
 Builds everything locally (nothing is downloaded): a course-size generator (Ng 1024, 3 stages), a random-weight
 InceptionV3 in torch-fidelity's layout, a random CLIP (ViT-B/32 layout by default) and a test zip of smooth

@@ -1,0 +1,366 @@
+"""Does the text control the image? A synthetic conditional benchmark through the real code path.
+
+1. Data: face-like drawings fully determined by four attributes named in every caption (hair colour,
+   background colour, skin tone, eyeglasses; `synthetic_data`), plus nuisance detail the captions never
+   mention (mouth shape, a side ornament), so a good generator has something to vary with the noise.
+   A fixed share of the 150 attribute combinations is held out: no training image shows them. The raw
+   zip and split pickles are written in the layout of Multimodal CelebA-HQ and go through `preprocess`.
+2. Training: `main.main` with `--num_stage 1` (64 px), a narrow generator and discriminator, on the CPU,
+   one epoch per call, resuming from the previous epoch (the real resume path), until `--num_epochs` or
+   the `--minutes` budget is reached.
+3. Evaluation: `checkpoints.load_generator` and `generate_image.encode_prompt` / `generate` on captions of
+   the held-out combinations; `synthetic_data.read_attributes` reads the attributes back from the pixels.
+   Reported: accuracy per attribute and overall, chance level, the same with the text embeddings shuffled
+   between captions (a generator that ignores the text scores this), diversity across noise (mean pairwise
+   pixel distance between samples of one caption, beside the same figure for real images of one
+   combination) and wall times.
+
+The text encoder is a random-weight CLIP (nothing can be downloaded here). It is deterministic in the tokens,
+so an unseen paraphrase would be an unrelated input to it; the held-out captions therefore combine attribute
+values in ways never seen in training while using the paraphrase templates seen there. Its text tower is one
+layer at ViT-B/32's width (512): wide enough that single words stay linearly readable from the embedding, as
+they are with the real CLIP; its image tower is tiny, since L_ConG runs it at every step.
+
+The run's fixed flags (BASE_TRAIN_ARGS) narrow the models (Ng 128, Nd 16), raise the learning rate to 1e-3
+and set --lam 0; --base_args replaces them, --train_args adds to them (the last occurrence of a flag wins).
+Data is built once per --data_dir and reused. Training time is reported as wall time and as process CPU time
+(the fair figure on shared cores).
+
+    python benchmarks/conditional.py --minutes 12 --out results/conditional.json
+    python benchmarks/conditional.py --num_epochs 20 --data_dir /tmp/bench_data --train_args "--no-ema --mismatch"
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import os
+import pickle
+import shlex
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import checkpoints  # noqa: E402
+import clip_utils  # noqa: E402
+import main as train_main  # noqa: E402
+import preprocess  # noqa: E402
+import synthetic_data as sd  # noqa: E402
+from generate_image import encode_prompt, generate  # noqa: E402
+
+ATTRIBUTES = ("hair", "background", "skin", "eyeglasses")
+VALUES = {"hair": tuple(sd.HAIR_COLOURS), "background": tuple(sd.BACKGROUND_COLOURS),
+          "skin": tuple(sd.SKIN_TONES), "eyeglasses": sd.EYEGLASSES}
+CHANCE = {name: 1 / len(values) for name, values in VALUES.items()}
+CHANCE["overall"] = float(np.mean(list(CHANCE.values())))
+IMAGE_SIZE = 64
+# The benchmark's text encoder: one text layer at ViT-B/32's width, a one-layer 64-wide image tower.
+BENCH_CLIP = dict(embed_dim=512, image_resolution=224, vision_layers=1, vision_width=64, vision_patch_size=32,
+                  context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+                  transformer_layers=1)
+# The run's fixed part; --train_args come after it, so they override any of these.
+# L_ConG is off (--lam 0): a random CLIP image tower carries no signal, and it would be 60 % of the step.
+# lr 1e-3, not the course's 2e-4: the narrow generator's output layer starts at N(0, 0.02) weights on 8
+# channels and needs thousands of 2e-4 steps just to reach full contrast.
+BASE_TRAIN_ARGS = ("--batch_size 32 --learning_rate 1e-3 --report_interval 1000 --noise_dim 100 --projection_dim 128 "
+                   "--clip_embedding_dim 512 --num_stage 1 --use_uncond_loss --use_contrastive_loss --lam 0 "
+                   "--g_in_chans 128 --d_in_chans 16 --device cpu --num_workers 0")
+MOUTH_COLOURS = ((150, 50, 60), (120, 30, 40), (190, 80, 90), (90, 40, 40))
+ORNAMENT_COLOURS = ((250, 210, 40), (30, 30, 30), (200, 200, 200), (230, 120, 20))
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def all_combinations() -> list[dict]:
+    return [dict(zip(ATTRIBUTES, values)) for values in itertools.product(*(VALUES[a] for a in ATTRIBUTES))]
+
+
+def combination_key(attributes: dict) -> tuple:
+    return tuple(attributes[name] for name in ATTRIBUTES)
+
+
+def split_combinations(held_out: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) combinations; every attribute value and every pair of values stays in training."""
+    combos = all_combinations()
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(combos))
+        test = [combos[i] for i in order[:held_out]]
+        train = [combos[i] for i in order[held_out:]]
+        seen_pairs = {(a, c[a], b, c[b]) for c in train for a, b in itertools.combinations(ATTRIBUTES, 2)}
+        if all((a, c[a], b, c[b]) in seen_pairs for c in test for a, b in itertools.combinations(ATTRIBUTES, 2)):
+            return train, test
+
+
+def render_varied(attributes: dict, rng: np.random.Generator, size: int = 256) -> PIL.Image.Image:
+    """`synthetic_data.render` plus detail no caption names: a random mouth and a side ornament.
+
+    Both stay clear of the patches `read_attributes` looks at, so the attributes read back unchanged.
+    """
+    image = sd.render(attributes, size)
+    draw = PIL.ImageDraw.Draw(image)
+    draw.rectangle(tuple(round(f * size) for f in (0.42, 0.69, 0.58, 0.74)), fill=sd.SKIN_TONES[attributes["skin"]])
+    half_width, half_height = rng.uniform(0.04, 0.10), rng.uniform(0.008, 0.03)
+    centre_y = rng.uniform(0.67, 0.76)
+    mouth = (0.5 - half_width, centre_y - half_height, 0.5 + half_width, centre_y + half_height)
+    colour = MOUTH_COLOURS[rng.integers(len(MOUTH_COLOURS))]
+    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(tuple(f * size for f in mouth), fill=colour)
+    radius = rng.uniform(0.03, 0.06)
+    centre_x = rng.uniform(0.02, 0.13) if rng.random() < 0.5 else rng.uniform(0.87, 0.98)
+    centre_y = rng.uniform(0.32, 0.68)
+    box = (centre_x - radius, centre_y - radius, centre_x + radius, centre_y + radius)
+    draw.ellipse(tuple(f * size for f in box), fill=ORNAMENT_COLOURS[rng.integers(len(ORNAMENT_COLOURS))])
+    return image
+
+
+def write_raw(out_dir: str, train_combos: list[dict], test_combos: list[dict], images_per_combo: int,
+              test_images_per_combo: int, seed: int, size: int = 256) -> dict:
+    """The raw dataset in Multimodal CelebA-HQ's layout (`image/{id}.jpg`, `celeba-caption/{id}.txt`, split
+    pickles); the train split shows only `train_combos`, the test split only `test_combos`."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    source = os.path.join(out_dir, "multimodal_celeba_hq.zip")
+    attributes, splits = {}, {"train": [], "test": []}
+    plan = [("train", c) for c in train_combos for _ in range(images_per_combo)]
+    plan += [("test", c) for c in test_combos for _ in range(test_images_per_combo)]
+    with zipfile.ZipFile(source, "w", compression=zipfile.ZIP_STORED) as archive:
+        for index in rng.permutation(len(plan)):
+            split, combo = plan[index]
+            image_id = str(len(attributes))
+            attributes[image_id] = combo
+            splits[split].append(image_id)
+            jpeg = io.BytesIO()
+            render_varied(combo, rng, size).save(jpeg, format="JPEG", quality=95)
+            archive.writestr(f"image/{image_id}.jpg", jpeg.getvalue())
+            captions = [sd.describe(combo, rng) for _ in range(10)]
+            archive.writestr(f"celeba-caption/{image_id}.txt", "\n".join(captions) + "\n")
+    for split, ids in splits.items():
+        with open(os.path.join(out_dir, f"celeba_filenames_{split}.pickle"), "wb") as f:
+            pickle.dump(ids, f)
+    return {"source": source, "attributes": attributes, "splits": splits}
+
+
+def make_benchmark_clip(path: str, seed: int = 0) -> str:
+    """Write the benchmark's random-weight CLIP (BENCH_CLIP) as a state dict that clip_utils.load_clip reads."""
+    clip = clip_utils.import_clip()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = clip.model.CLIP(**BENCH_CLIP)
+        model.initialize_parameters()
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def build_data(work_dir: str, images_per_combo: int, held_out: int, captions_per_image: int, seed: int) -> dict:
+    """Raw data, CLIP and the preprocessed train zip; returns paths, combinations and timings."""
+    started = time.time()
+    train_combos, test_combos = split_combinations(held_out, seed)
+    raw = write_raw(os.path.join(work_dir, "raw"), train_combos, test_combos, images_per_combo, 1, seed)
+    clip_path = make_benchmark_clip(os.path.join(work_dir, "bench_clip.pt"), seed)
+    train_zip = os.path.join(work_dir, "train.zip")
+    preprocess.main(["--source", raw["source"], "--dest", train_zip, "--clip_model", clip_path, "--emb_dim", "512",
+                     "--width", str(IMAGE_SIZE), "--height", str(IMAGE_SIZE), "--num_captions",
+                     str(captions_per_image), "--device", "cpu", "--num_workers", "2", "--overwrite"], "train")
+    return {"train_zip": train_zip, "clip_path": clip_path, "train_combos": train_combos,
+            "test_combos": test_combos, "num_train_images": len(raw["splits"]["train"]),
+            "seconds": time.time() - started}
+
+
+# --------------------------------------------------------------------------------------------- training
+
+def train(train_zip: str, clip_path: str, run_dir: str, base_args: str, train_args: str, num_epochs: int | None,
+          minutes: float | None) -> dict:
+    """Train for `num_epochs` in one `main.main` call; or, with a time budget instead, one epoch per call,
+    resuming from the last (the real resume path), while the previous epoch's duration still fits."""
+    checkpoint_path, result_path = os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "results")
+    base = shlex.split(base_args) + ["--train_data", train_zip, "--clip_model", clip_path,
+                                     "--checkpoint_path", checkpoint_path, "--result_path", result_path]
+    started, cpu_started = time.time(), time.process_time()
+    if num_epochs is not None:  # a fixed length: one uninterrupted run
+        train_main.main(base + ["--num_epochs", str(num_epochs), "--resume_epoch", "-1"] + shlex.split(train_args))
+        return {"checkpoint_path": checkpoint_path, "epochs": num_epochs, "last_epoch": num_epochs - 1,
+                "seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started}
+    epoch, last_epoch_seconds = 0, 0.0
+    while True:
+        if epoch > 0 and time.time() - started + last_epoch_seconds > 60 * minutes:
+            break
+        resume = ["--resume_epoch", "-1"] if epoch == 0 else [
+            "--resume_epoch", str(epoch - 1), "--resume_checkpoint_path", checkpoint_path]
+        epoch_started = time.time()
+        train_main.main(base + ["--num_epochs", str(epoch + 1)] + resume + shlex.split(train_args))
+        last_epoch_seconds = time.time() - epoch_started
+        epoch += 1
+    return {"checkpoint_path": checkpoint_path, "epochs": epoch, "last_epoch": epoch - 1,
+            "seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started}
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+def held_out_captions(combos: list[dict], per_combo: int, seed: int) -> tuple[list[str], list[dict]]:
+    """Fresh paraphrases (templates seen in training) of each combination."""
+    rng = np.random.default_rng(seed + 1)
+    pairs = [(sd.describe(combo, rng), combo) for combo in combos for _ in range(per_combo)]
+    return [caption for caption, _ in pairs], [combo for _, combo in pairs]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def score_images(images: np.ndarray, targets: list[dict]) -> dict[str, float]:
+    """Share of images whose attribute read from pixels equals the target, per attribute and overall."""
+    read = [sd.read_attributes(image) for image in images]
+    scores = {name: float(np.mean([r[name] == t[name] for r, t in zip(read, targets)])) for name in ATTRIBUTES}
+    scores["overall"] = float(np.mean([scores[name] for name in ATTRIBUTES]))
+    scores["all_four"] = float(np.mean([all(r[n] == t[n] for n in ATTRIBUTES) for r, t in zip(read, targets)]))
+    return scores
+
+
+def diversity(groups: list[np.ndarray]) -> float:
+    """Mean pairwise RMS pixel distance (0..255 scale) between images of one group, averaged over groups."""
+    distances = []
+    for group in groups:
+        flat = group.reshape(len(group), -1).astype(np.float64)
+        for i, j in itertools.combinations(range(len(flat)), 2):
+            distances.append(np.sqrt(np.mean((flat[i] - flat[j]) ** 2)))
+    return float(np.mean(distances))
+
+
+def real_diversity(combos: list[dict], per_combo: int, seed: int) -> float:
+    """The diversity of real 64 px images of one combination: the figure a faithful generator approaches."""
+    rng = np.random.default_rng(seed + 2)
+    groups = [np.stack([np.asarray(render_varied(combo, rng).resize((IMAGE_SIZE, IMAGE_SIZE), PIL.Image.LANCZOS))
+                        for _ in range(per_combo)]) for combo in combos]
+    return diversity(groups)
+
+
+@torch.no_grad()
+def evaluate_generator(generator: torch.nn.Module, txt_features: torch.Tensor, targets: list[dict], noise_dim: int,
+                       samples: int, device: torch.device, seed: int = 0) -> dict:
+    """Generate `samples` images per text feature with `generate_image.generate`; score and measure diversity."""
+    torch.manual_seed(seed)
+    groups = [to_uint8(generate(generator, feature[None].to(device), noise_dim, samples, device)[-1])
+              for feature in txt_features]
+    images = np.concatenate(groups)
+    figures = score_images(images, [t for t in targets for _ in range(samples)])
+    figures["diversity"] = diversity(groups)
+    return figures
+
+
+def evaluate(checkpoint_path: str, epoch: int, clip_path: str, captions: list[str], targets: list[dict],
+             samples: int, seed: int) -> dict:
+    """The trained generator on the held-out captions, and the same generator with the captions shuffled."""
+    device = torch.device("cpu")
+    generator, hyp = checkpoints.load_generator(checkpoint_path, epoch, device)
+    clip_model = clip_utils.load_clip(clip_path, device)
+    features = torch.cat([encode_prompt(clip_model, caption, device) for caption in captions])
+    shuffled = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))]
+    return {"held_out": evaluate_generator(generator, features, targets, hyp["noise_dim"], samples, device, seed),
+            "text_shuffled": evaluate_generator(generator, shuffled, targets, hyp["noise_dim"], samples, device, seed)}
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--base_args", default=BASE_TRAIN_ARGS, help="the run's fixed main.py flags")
+    parser.add_argument("--train_args", default="", help="extra main.py flags, e.g. \"--diffaugment color --no-ema\"")
+    parser.add_argument("--num_epochs", type=int, default=None, help="epochs to train (default: until --minutes)")
+    parser.add_argument("--minutes", type=float, default=None, help="training time budget (default 12 without "
+                                                                    "--num_epochs)")
+    parser.add_argument("--images_per_combo", type=int, default=8, help="training images per seen combination")
+    parser.add_argument("--held_out", type=int, default=30, help="attribute combinations (of 150) held out")
+    parser.add_argument("--captions_per_image", type=int, default=10, help="captions kept per training image")
+    parser.add_argument("--samples", type=int, default=4, help="images generated per held-out caption")
+    parser.add_argument("--captions_per_combo", type=int, default=2, help="held-out captions per combination")
+    parser.add_argument("--seed", type=int, default=0, help="data seed (training always uses the course's seed 0)")
+    parser.add_argument("--work_dir", default=None, help="where data and checkpoints go (default: a temp folder)")
+    parser.add_argument("--data_dir", default=None, help="reuse the data built by an earlier run in this folder")
+    parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (on shared cores one thread avoids OpenMP spin-waiting)")
+    return parser
+
+
+def load_or_build_data(args: argparse.Namespace, work_dir: str) -> dict:
+    """Build the data, or reuse it from --data_dir (its data.json records what was built)."""
+    data_dir = args.data_dir or os.path.join(work_dir, "data")
+    record = os.path.join(data_dir, "data.json")
+    settings = {"images_per_combo": args.images_per_combo, "held_out": args.held_out,
+                "captions_per_image": args.captions_per_image, "seed": args.seed}
+    if os.path.isfile(record):
+        with open(record) as f:
+            data = json.load(f)
+        if data["settings"] == settings:
+            return dict(data, seconds=0.0)
+    os.makedirs(data_dir, exist_ok=True)
+    data = build_data(data_dir, args.images_per_combo, args.held_out, args.captions_per_image, args.seed)
+    with open(record, "w") as f:
+        json.dump(dict(data, settings=settings), f)
+    return data
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    minutes = 12.0 if args.minutes is None and args.num_epochs is None else args.minutes
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="conditional_bench_")
+    data = load_or_build_data(args, work_dir)
+    run_dir = os.path.join(work_dir, f"run_{time.strftime('%Y%m%d_%H%M%S')}")
+    trained = train(data["train_zip"], data["clip_path"], run_dir, args.base_args, args.train_args, args.num_epochs,
+                    minutes)
+
+    eval_started = time.time()
+    captions, targets = held_out_captions(data["test_combos"], args.captions_per_combo, args.seed)
+    figures = evaluate(trained["checkpoint_path"], trained["last_epoch"], data["clip_path"], captions, targets,
+                       args.samples, args.seed)
+    report = {
+        "train_args": args.train_args, "epochs": trained["epochs"], "train_images": data["num_train_images"],
+        "held_out_combinations": len(data["test_combos"]), "held_out_captions": len(captions),
+        **figures, "chance": CHANCE,
+        "real_diversity": real_diversity(data["test_combos"], args.samples, args.seed),
+        "seconds": {"data": data["seconds"], "train": trained["seconds"], "train_cpu": trained["cpu_seconds"],
+                    "evaluate": time.time() - eval_started},
+        "run_dir": run_dir,
+    }
+    print_report(report)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def print_report(report: dict) -> None:
+    print(f"\nconditional benchmark: train_args {report['train_args']!r}, {report['epochs']} epochs on "
+          f"{report['train_images']} images, {report['held_out_captions']} captions of "
+          f"{report['held_out_combinations']} held-out combinations")
+    header = ["", *ATTRIBUTES, "overall", "all_four", "diversity"]
+    print(" | ".join(f"{h:>13}" for h in header))
+    for name in ("held_out", "text_shuffled"):
+        row = report[name]
+        print(" | ".join([f"{name:>13}", *(f"{row[k]:>13.3f}" for k in header[1:])]))
+    chance = report["chance"]
+    print(" | ".join([f"{'chance':>13}", *(f"{chance[k]:>13.3f}" for k in (*ATTRIBUTES, "overall")),
+                      f"{'':>13}", f"{report['real_diversity']:>13.3f}"]) + "   (diversity: real images)")
+    seconds = report["seconds"]
+    print(f"time: data {seconds['data']:.0f} s, training {seconds['train']:.0f} s ({seconds['train_cpu']:.0f} CPU s), "
+          f"evaluation "
+          f"{seconds['evaluate']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

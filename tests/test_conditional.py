@@ -1,0 +1,133 @@
+"""The conditional benchmark's evaluator, and every training improvement flag against the checkpoint contract."""
+import importlib.util
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import checkpoints
+import main as train_main
+from generate_image import encode_prompt, generate
+from train_utils import discriminator_file, generator_file
+
+# Loaded from its path: putting benchmarks/ on sys.path would shadow top-level modules of the same name.
+_SPEC = importlib.util.spec_from_file_location(
+    "conditional", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                                "conditional.py"))
+conditional = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(conditional)
+
+
+def image_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    """A PIL image as a [3, H, W] tensor in [-1, 1], the generator's output format."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1
+
+
+class RenderingGenerator(torch.nn.Module):
+    """A stand-in generator that draws synthetic pictures at 64 px.
+
+    With `lookup` (text features -> attributes) it draws what the caption says; without it, it ignores the
+    text and draws attributes picked by the noise.
+    """
+
+    def __init__(self, lookup: tuple[torch.Tensor, list[dict]] | None = None):
+        super().__init__()
+        self.lookup = lookup
+
+    def forward(self, text_embedding: torch.Tensor, noise: torch.Tensor):
+        rng = np.random.default_rng(int(noise.abs().sum() * 1e4))
+        images = []
+        for feature in text_embedding:
+            if self.lookup is None:
+                attributes = {name: conditional.VALUES[name][rng.integers(len(conditional.VALUES[name]))]
+                              for name in conditional.ATTRIBUTES}
+            else:
+                features, targets = self.lookup
+                attributes = targets[int((features @ feature).argmax())]
+            images.append(image_tensor(conditional.render_varied(attributes, rng, size=64)))
+        return [torch.stack(images)], None, None
+
+
+@pytest.fixture(scope="module")
+def held_out(tiny_clip_path):
+    """Captions of 30 held-out combinations, their attributes, and their tiny-CLIP text features."""
+    import clip_utils
+
+    _, test_combos = conditional.split_combinations(30, seed=0)
+    captions, targets = conditional.held_out_captions(test_combos, per_combo=2, seed=0)
+    clip_model = clip_utils.load_clip(tiny_clip_path, "cpu")
+    features = torch.cat([encode_prompt(clip_model, caption, torch.device("cpu")) for caption in captions])
+    return captions, targets, features
+
+
+def test_evaluator_reads_ground_truth_images():
+    rng = np.random.default_rng(0)
+    combos = conditional.all_combinations()
+    images = torch.stack([image_tensor(conditional.render_varied(c, rng).resize((64, 64), PIL.Image.LANCZOS))
+                          for c in combos])
+    scores = conditional.score_images(conditional.to_uint8(images), combos)
+    assert scores["overall"] == 1.0 and scores["all_four"] == 1.0
+
+
+def test_held_out_combinations_never_appear_in_training(tmp_path):
+    train_combos, test_combos = conditional.split_combinations(30, seed=0)
+    assert len(test_combos) == 30 and len(train_combos) == 120
+    raw = conditional.write_raw(str(tmp_path), train_combos, test_combos, images_per_combo=1,
+                                test_images_per_combo=1, seed=0, size=64)
+    held = {conditional.combination_key(c) for c in test_combos}
+    assert not any(conditional.combination_key(raw["attributes"][i]) in held for i in raw["splits"]["train"])
+    assert all(conditional.combination_key(raw["attributes"][i]) in held for i in raw["splits"]["test"])
+    for name in conditional.ATTRIBUTES:  # every value is still taught
+        assert {c[name] for c in train_combos} == set(conditional.VALUES[name])
+
+
+def test_text_following_generator_scores_perfectly_and_shuffled_text_scores_near_chance(held_out):
+    _, targets, features = held_out
+    oracle = RenderingGenerator((features, targets))
+    figures = conditional.evaluate_generator(oracle, features, targets, 100, 3, torch.device("cpu"))
+    assert figures["overall"] == 1.0
+    assert figures["diversity"] > 5  # the nuisance detail varies with the noise
+    shuffled = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))]
+    figures = conditional.evaluate_generator(oracle, shuffled, targets, 100, 3, torch.device("cpu"))
+    assert abs(figures["overall"] - conditional.CHANCE["overall"]) < 0.12
+
+
+def test_text_ignoring_generator_scores_near_chance(held_out):
+    _, targets, features = held_out
+    figures = conditional.evaluate_generator(RenderingGenerator(), features, targets, 100, 4, torch.device("cpu"))
+    for name in conditional.ATTRIBUTES:
+        assert abs(figures[name] - conditional.CHANCE[name]) < 0.15
+    assert abs(figures["overall"] - conditional.CHANCE["overall"]) < 0.08
+
+
+@pytest.mark.parametrize("flags", [
+    ["--ema"],
+    ["--no-ema"],
+    ["--diffaugment", "color,translation,cutout"],
+    ["--mismatch"],
+    ["--g_lr", "1e-4", "--d_lr", "4e-4"],
+    ["--ema", "--diffaugment", "color,translation,cutout", "--mismatch", "--g_lr", "1e-4", "--d_lr", "4e-4"],
+])
+def test_every_improvement_flag_trains_and_keeps_the_contract(flags, preprocessed_zips, tiny_clip_path, tmp_path):
+    checkpoint_path, num_stage = str(tmp_path / "checkpoints"), 2
+    train_main.main(["--train_data", preprocessed_zips["train"], "--batch_size", "8", "--num_epochs", "1",
+                     "--learning_rate", "2e-4", "--report_interval", "1", "--noise_dim", "100",
+                     "--projection_dim", "16", "--clip_embedding_dim", "512", "--checkpoint_path", checkpoint_path,
+                     "--result_path", str(tmp_path / "results"), "--num_stage", str(num_stage), "--resume_epoch",
+                     "-1", "--use_uncond_loss", "--use_contrastive_loss", "--clip_model", tiny_clip_path,
+                     "--g_in_chans", "64", "--d_in_chans", "4", "--device", "cpu", *flags])
+    # The graders' path: models built positionally from hyperparameter.pt, state dicts loaded strictly.
+    hyp = torch.load(os.path.join(checkpoint_path, "hyperparameter.pt"), weights_only=True)
+    assert set(checkpoints.HYPERPARAMETER_KEYS) <= set(hyp)
+    generator = checkpoints.build_generator(hyp, "cpu")
+    generator.load_state_dict(torch.load(generator_file(checkpoint_path, 0), weights_only=True), strict=True)
+    for stage in range(num_stage):
+        discriminator = checkpoints.build_discriminator(hyp, stage, "cpu")
+        discriminator.load_state_dict(torch.load(discriminator_file(checkpoint_path, 0, stage), weights_only=True),
+                                      strict=True)
+    images = generate(generator.eval(), torch.nn.functional.normalize(torch.randn(1, 512), dim=-1), 100, 2,
+                      torch.device("cpu"))
+    assert [tuple(i.shape) for i in images] == [(2, 3, 64, 64), (2, 3, 128, 128)]
+    assert all(torch.isfinite(i).all() and i.abs().max() <= 1 for i in images)
