@@ -80,8 +80,14 @@ def entry_points() -> list[str]:
     scripts = ["main.py", "generate_image.py", "preproc_datasets_celeba_zip_train.py",
                "preproc_datasets_celeba_zip_test.py", "evaluate.py", "check_submission.py", "demo.py",
                "synthetic_data.py"]
-    scripts += sorted(os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "benchmarks", "*.py")))
+    scripts += sorted(os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))
+                      if is_script(path))  # helper modules beside the benchmarks have no command line
     return [script for script in scripts if os.path.isfile(os.path.join(ROOT, script))]
+
+
+def is_script(path: str) -> bool:
+    with open(path) as f:
+        return 'if __name__ == "__main__":' in f.read()
 
 
 def cell(text: object) -> str:
