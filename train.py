@@ -685,6 +685,10 @@ def run_training(args: Namespace) -> None:
 
         seconds = time.time() - epoch_started
         mean_d, mean_g = (sums[0] / counted, sums[1] / counted) if counted else (float("nan"), float("nan"))
+        # The resume state first, the generator file last: an epoch counts as complete once its generator file
+        # exists, and by then everything an exact resume needs is on disk.
+        save_training_state(checkpoints.state_file(args.checkpoint_path, epoch), trainer, epoch + 1, 0,
+                            with_weights=False)
         save_model(args, trainer.saved_generator(), trainer.D_list, epoch, args.num_stage)
         save_sample_grid(trainer.saved_generator(), sample_txt, sample_real, sample_texts, args.noise_dim,
                          os.path.join(args.result_path, f"epoch_{epoch}.png"), device)
@@ -696,8 +700,6 @@ def run_training(args: Namespace) -> None:
             tqdm.write(f"Epoch {epoch} evaluation: {summary_line(figures)}")
         loss_log.add(epoch, "end", mean_d, mean_g, seconds, figures)
         plots.plot_loss_curve(loss_log.path, os.path.join(args.result_path, "loss_curve.png"))
-        save_training_state(checkpoints.state_file(args.checkpoint_path, epoch), trainer, epoch + 1, 0,
-                            with_weights=False)
         mid_path = os.path.join(args.checkpoint_path, checkpoints.MID_EPOCH_FILE)
         if os.path.isfile(mid_path):
             os.remove(mid_path)  # superseded by the complete epoch
