@@ -131,3 +131,26 @@ def test_every_improvement_flag_trains_and_keeps_the_contract(flags, preprocesse
                       torch.device("cpu"))
     assert [tuple(i.shape) for i in images] == [(2, 3, 64, 64), (2, 3, 128, 128)]
     assert all(torch.isfinite(i).all() and i.abs().max() <= 1 for i in images)
+
+
+def test_benchmark_clip_training_lowers_the_loss_and_saves_a_loadable_clip(tmp_path):
+    import clip_utils
+    import synthetic_data
+
+    rng = np.random.default_rng(0)
+    combos = conditional.all_combinations()[::19][:8]
+    images = torch.stack([torch.from_numpy(np.array(conditional.render_varied(c, rng, size=64))).permute(2, 0, 1)
+                          for c in combos])
+    captions = [[synthetic_data.describe(c, rng) for _ in range(3)] for c in combos]
+    model, losses = conditional.clip_training.train_clip(images, captions, list(range(8)), steps=40, batch_size=8,
+                                                         lr=2e-3)
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    accuracy = conditional.clip_training.retrieval_accuracy(model, images, list(range(8)),
+                                                            [c[0] for c in captions], list(range(8)))
+    assert accuracy >= 0.5  # chance is 1/8
+
+    summary = conditional.clip_training.train_and_save(str(tmp_path / "clip.pt"), images, captions, list(range(8)),
+                                                       steps=2)
+    loaded = clip_utils.load_clip(summary["path"], "cpu")  # the path preprocessing and training take
+    tokens = clip_utils.tokenize(captions[0][:1])
+    assert loaded.encode_text(tokens).shape == (1, 512)
