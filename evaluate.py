@@ -33,9 +33,10 @@ from tqdm import tqdm
 
 import clip_utils
 import plots
+from plots import to_uint8
 from checkpoints import CheckpointError, load_generator
 from metrics import (IS_SPLITS, EvaluationError, clip_image_embeddings, clip_score, fidelity_metrics,
-                     inception_features, load_inception, to_uint8)
+                     inception_features, load_inception)
 from network import Generator
 from read_dataset import ZipDataset
 

@@ -9,7 +9,7 @@ the real images' features once. `tests/test_evaluate.py` checks that the figures
 
 Images enter as uint8 [N, 3, H, W] tensors (or any object whose slices are such tensors, so a dataset's images
 need not be copied at once), the values a PNG on disk would hold, which is what torch-fidelity measures;
-`to_uint8` converts generator outputs in [-1, 1] exactly as `torchvision.utils.save_image` does.
+`plots.to_uint8` converts generator outputs in [-1, 1] exactly as `torchvision.utils.save_image` does.
 
 `make_random_inception` writes a random-weight file with torch-fidelity's architecture, for tests and offline
 benchmarks (nothing is downloaded), like `clip_utils.make_random_clip` does for CLIP.
@@ -29,7 +29,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from tqdm import tqdm
 
-from train_utils import clip_preprocess, clip_transform, denormalize_image
+from train_utils import clip_preprocess, clip_transform
 
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name for its TF-compatible InceptionV3
 FID_LAYER = "2048"  # torch-fidelity's default feature layers for FID/KID and for IS
@@ -43,12 +43,6 @@ FIDELITY_SEED = 2020  # torch-fidelity's default rng_seed: the IS shuffle and th
 class EvaluationError(ValueError):
     """An input that evaluation cannot use; the message is one line naming the file or flag and the fix.
     A ValueError, so callers that report bad input as ValueError (training) show it as one line too."""
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8 with the rounding of `torchvision.utils.save_image`, so scoring
-    these tensors equals scoring the PNGs a user would save."""
-    return denormalize_image(images).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def inception_layout() -> nn.Module:

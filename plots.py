@@ -12,17 +12,20 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from train_utils import denormalize_image  # noqa: E402
+
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images -> [0, 255] uint8 (the values the PNG files hold)."""
-    return (images.detach().float().cpu() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+    """[-1, 1] float images -> [0, 255] uint8 with the rounding of `torchvision.utils.save_image`, so scoring
+    these tensors equals scoring the PNGs a user would save."""
+    return denormalize_image(images.detach().float()).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def save_image_grid(images: torch.Tensor, path: str, ncol: int, captions: list[str] | None = None,
                     caption_width: int = 40) -> None:
     """Save [N, 3, H, W] images in [-1, 1] as a grid PNG, `ncol` per row; with `captions` (one per image)
     each image gets its caption wrapped beneath it."""
-    images = to_uint8(images)
+    images = to_uint8(images).cpu()
     if not captions:
         grid = make_grid(images, nrow=ncol, padding=2, pad_value=255)
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)

@@ -59,6 +59,7 @@ if ROOT not in sys.path:
 import checkpoints  # noqa: E402
 import clip_utils  # noqa: E402
 import main as train_main  # noqa: E402
+import plots  # noqa: E402
 import preprocess  # noqa: E402
 import synthetic_data as sd  # noqa: E402
 from generate_image import encode_prompt, generate  # noqa: E402
@@ -268,8 +269,8 @@ def held_out_captions(combos: list[dict], per_combo: int, seed: int) -> tuple[li
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8, the pixels the saved PNGs hold."""
+    return plots.to_uint8(images).cpu().permute(0, 2, 3, 1).numpy()
 
 
 def score_images(images: np.ndarray, targets: list[dict]) -> dict[str, float]:
