@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument("--gamma", type=float, default=d["gamma"], help="weight of L_ConD")
     extra.add_argument("--lam", type=float, default=d["lam"], help="weight of L_ConG")
     extra.add_argument("--beta", type=float, default=d["beta"], help="weight of the KL term L_CA")
+    extra.add_argument("--ca_init_std", type=float, default=d["ca_init_std"],
+                       help="init std of the conditioning-augmentation weights that give mu (0.02: the course's)")
     extra.add_argument("--tau", type=float, default=d["tau"], help="contrastive temperature")
     extra.add_argument("--language_free", action="store_true", help="LAFITE: train from image embeddings only")
     extra.add_argument("--xi", type=float, default=d["xi"], help="language-free perturbation size")

@@ -32,7 +32,8 @@ from augment import diff_augment, parse_policy
 from image_ops import stage_images_from_uint8
 from evaluate import Evaluator, load_test_dataset, summary_line, write_report
 from metrics import EvaluationError
-from network import Discriminator, DiscriminatorLogits, Generator, check_num_stage, weight_init
+from network import (Discriminator, DiscriminatorLogits, Generator, check_num_stage, init_conditioning_mu,
+                     weight_init)
 from read_dataset import ZipDataset
 from checkpoints import atomic_save
 from train_utils import (KL_divergence, clip_preprocess, clip_transform, custom_reshape, denormalize_image,
@@ -49,6 +50,7 @@ OPTION_DEFAULTS = {
     "gamma": 5.0,               # weight of L_ConD
     "lam": 10.0,                # weight of L_ConG
     "beta": 1.0,                # weight of L_CA (KL)
+    "ca_init_std": 3.0,         # init std of the CA weights that give mu (0.02: weight_init's, the course's)
     "tau": 0.5,                 # contrastive temperature
     "language_free": False,     # LAFITE fixed perturbations of the image embedding replace captions
     "xi": 0.1,                  # perturbation size for language-free training
@@ -341,6 +343,7 @@ def build_trainer(args: Namespace, device: torch.device, clip_model: nn.Module |
         model.to(device)
         if device.type == "cuda":
             model.to(memory_format=torch.channels_last)
+    init_conditioning_mu(G.condition_aug, option(args, "ca_init_std"))
     g_lr = option(args, "g_lr") or args.learning_rate
     d_lr = option(args, "d_lr") or args.learning_rate
     amp = option(args, "amp")

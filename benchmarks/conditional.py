@@ -331,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--base_args", default=BASE_TRAIN_ARGS, help="the run's fixed main.py flags")
-    parser.add_argument("--train_args", default="", help="extra main.py flags, e.g. \"--diffaugment color --no-ema\"")
+    parser.add_argument("--train_args", default="",
+                        help="extra main.py flags; a lone flag needs the = form: --train_args=--no-ema")
     parser.add_argument("--num_epochs", type=int, default=None, help="epochs to train (default: until --minutes)")
     parser.add_argument("--minutes", type=float, default=None, help="training time budget (default 12 without "
                                                                     "--num_epochs)")

@@ -108,6 +108,7 @@ def test_text_ignoring_generator_scores_near_chance(held_out):
     ["--diffaugment", "color,translation,cutout"],
     ["--mismatch"],
     ["--g_lr", "1e-4", "--d_lr", "4e-4"],
+    ["--ca_init_std", "0.02"],
     ["--ema", "--diffaugment", "color,translation,cutout", "--mismatch", "--g_lr", "1e-4", "--d_lr", "4e-4"],
 ])
 def test_every_improvement_flag_trains_and_keeps_the_contract(flags, preprocessed_zips, tiny_clip_path, tmp_path):

@@ -8,7 +8,8 @@ import torch.nn as nn
 import checkpoints
 import network
 from network import (AlignCondDiscriminator, CondDiscriminator, ConditioningAugmention, Discriminator, Generator,
-                     Generator_type_1, Generator_type_2, ImageExtractor, ResModule, UncondDiscriminator, weight_init)
+                     Generator_type_1, Generator_type_2, ImageExtractor, ResModule, UncondDiscriminator, init_conditioning_mu,
+                     weight_init)
 from train_utils import load_checkpoint, save_hyp, save_model
 
 CLIP_DIM, PROJ, NOISE, NG, ND = 512, 16, 12, 128, 8
@@ -79,6 +80,30 @@ def test_no_convolution_has_a_bias_and_weight_init_follows_the_course():
         assert abs(bn_weights.mean() - 1) < 2e-3 and all((m.bias == 0).all() for m in norms)
         for linear in (m for m in model.modules() if isinstance(m, nn.Linear)):
             assert (linear.bias == 0).all() and abs(linear.weight.std() - 0.02) < 2e-3
+
+
+def caption_like_embeddings(count: int) -> torch.Tensor:
+    """Unit-norm vectors sharing a large common part (cosine ~0.8 between them), as CLIP's captions do."""
+    common = nn.functional.normalize(torch.randn(1, CLIP_DIM), dim=-1)
+    specific = nn.functional.normalize(torch.randn(count, CLIP_DIM), dim=-1)
+    return nn.functional.normalize(2 * common + specific, dim=-1)
+
+
+def test_mu_init_lets_the_caption_reach_mu_and_keeps_sigma_at_one():
+    torch.manual_seed(0)
+    text = caption_like_embeddings(256)
+    spread = {}
+    for std in (0.02, 1.0):
+        ca = ConditioningAugmention(CLIP_DIM, PROJ, "cpu")
+        ca.apply(weight_init)
+        init_conditioning_mu(ca, std)
+        weight = ca.layer[0].weight.detach()
+        assert abs(weight[:PROJ].std() - std) < 0.05 * std  # the mu rows
+        assert abs(weight[PROJ:].std() - 0.02) < 2e-3  # the log_sigma rows keep weight_init's
+        _, mu, log_sigma = ca(text)
+        assert log_sigma.abs().max() < 0.1  # sigma starts near 1 either way
+        spread[std] = mu.std(dim=0).mean().item()  # how much mu moves with the caption
+    assert spread[0.02] < 0.01 < 0.1 < spread[1.0]
 
 
 def test_discriminator_prior_layer_matches_the_guideline():
