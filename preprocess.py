@@ -178,7 +178,8 @@ def crop_generator(seed: int, image_id: str) -> torch.Generator:
 def clip_image_input(image: np.ndarray, generator: torch.Generator, ratio: float = CROP_RATIO) -> torch.Tensor:
     """[H, W, 3] uint8 -> CLIP input [3, 224, 224]: the training-time transform of train_utils (a random crop
     of at least `ratio` of the side resized to 224, padded instead when smaller), then CLIP normalisation."""
-    pixels = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+    # torch.tensor copies: decoded images are often read-only arrays, which from_numpy would warn about.
+    pixels = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1).div_(255)
     return clip_preprocess()(custom_reshape(pixels[None], ratio=ratio, generator=generator))[0]
 
 
