@@ -8,8 +8,8 @@ import torch.nn as nn
 import checkpoints
 import network
 from network import (AlignCondDiscriminator, CondDiscriminator, ConditioningAugmention, Discriminator, Generator,
-                     Generator_type_1, Generator_type_2, ImageExtractor, ResModule, UncondDiscriminator, init_conditioning_mu,
-                     weight_init)
+                     Generator_type_1, Generator_type_2, ImageExtractor, ResModule, UncondDiscriminator,
+                     init_conditioning_mu, weight_init)
 from train_utils import load_checkpoint, save_hyp, save_model
 
 CLIP_DIM, PROJ, NOISE, NG, ND = 512, 16, 12, 128, 8

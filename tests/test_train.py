@@ -206,6 +206,16 @@ def test_every_option_trains_and_keeps_the_contract(run, flags):
             tensors(folder / f"epoch_0_Dis_{stage}.pt"))
 
 
+@pytest.mark.parametrize("flags, std", [([], train.OPTION_DEFAULTS["ca_init_std"]), (["--ca_init_std", "0.02"], 0.02)])
+def test_the_trainer_draws_the_mu_weights_from_ca_init_std(flags, std):
+    args = main.build_parser().parse_args(["--num_stage", "1", "--projection_dim", "64", "--g_in_chans", "64",
+                                           "--d_in_chans", "4", *flags])
+    generator = train.build_trainer(args, torch.device("cpu"), None).G
+    weight = generator.condition_aug.layer[0].weight.detach()
+    assert abs(weight[:64].std() - std) < 0.05 * std
+    assert abs(weight[64:].std() - 0.02) < 2e-3
+
+
 def test_train_runs_from_the_course_main_namespace(preprocessed_zips, tmp_path):
     """The course's main.py passes only its own flags; everything else takes its default."""
     args = argparse.Namespace(train_data=preprocessed_zips["train"], batch_size=11, num_epochs=1,
