@@ -76,21 +76,30 @@ def human_size(num_bytes: int) -> str:
     return f"{size:.1f} GB"
 
 
-def read_hyperparameters(checkpoint_path: str, result: CheckResult) -> dict | None:
-    """hyperparameter.pt as the graders read it, or None (with the problem recorded)."""
-    path = os.path.join(checkpoint_path, HYPERPARAMETER_FILE)
+def load_dict(path: str, result: CheckResult, missing: str, load_hint: str, kind: str) -> dict | None:
+    """torch.load(path, weights_only=True) as the graders load it, or None with the problem recorded: the file is
+    missing (`missing` says why that matters), unreadable (`load_hint` says what to save instead) or not a dict."""
     if not os.path.isfile(path):
-        result.problem(path, "missing; the graders build the models from it")
+        result.problem(path, missing)
         return None
     result.files.append(path)
     try:
-        hyp = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        result.problem(path, f"not loadable with torch.load(weights_only=True) ({type(err).__name__}); "
-                             f"it must hold a plain dict of numbers and booleans")
+        result.problem(path, f"not loadable with torch.load(weights_only=True) ({type(err).__name__}); {load_hint}")
         return None
-    if not isinstance(hyp, dict):
-        result.problem(path, f"holds a {type(hyp).__name__}, not a dict")
+    if not isinstance(loaded, dict):
+        result.problem(path, f"holds a {type(loaded).__name__}, not a {kind}")
+        return None
+    return loaded
+
+
+def read_hyperparameters(checkpoint_path: str, result: CheckResult) -> dict | None:
+    """hyperparameter.pt as the graders read it, or None (with the problem recorded)."""
+    path = os.path.join(checkpoint_path, HYPERPARAMETER_FILE)
+    hyp = load_dict(path, result, "missing; the graders build the models from it",
+                    "it must hold a plain dict of numbers and booleans", "dict")
+    if hyp is None:
         return None
     missing = [key for key in HYPERPARAMETER_KEYS if key not in hyp]
     if missing:
@@ -122,18 +131,8 @@ def describe_mismatch(model: nn.Module, state: dict) -> str:
 
 def load_strictly(model: nn.Module, path: str, what: str, result: CheckResult) -> bool:
     """Load `path` into `model` as the graders do (weights_only=True, strict); record a problem if it fails."""
-    if not os.path.isfile(path):
-        result.problem(path, "missing")
-        return False
-    result.files.append(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        result.problem(path, f"not loadable with torch.load(weights_only=True) ({type(err).__name__}); "
-                             f"save model.state_dict(), not the model")
-        return False
-    if not isinstance(state, dict):
-        result.problem(path, f"holds a {type(state).__name__}, not a state dict")
+    state = load_dict(path, result, "missing", "save model.state_dict(), not the model", "state dict")
+    if state is None:
         return False
     try:
         model.load_state_dict(state)
