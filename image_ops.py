@@ -2,6 +2,11 @@
 
 * `stage_images_from_uint8`: uint8 images -> the per-stage float images in [-1, 1] (area downsampling),
   on whatever device the images are on, so training can do it on the GPU.
+* `random_square_crop` / `clip_view`: the random crop of `train_utils.custom_reshape`, and the whole
+  `clip_transform(224)` + `custom_reshape` chain that L_ConG applies to generated images, done as two small
+  matrix products per image. Both resizes are linear and separable, so their composition is one [224, n]
+  matrix per axis; the result equals the chain to float rounding and draws the same random numbers, but
+  its backward pass is a pair of matmuls instead of two bicubic backward kernels (about 10x faster on CPU).
 * `encode_png` / `decode_png`: the preprocessed zips store 256 px PNGs uncompressed and unfiltered (the
   course also stores them uncompressed). Such a file is a valid PNG for any reader, and decoding it is a
   memory copy, which is what lets `ZipDataset` load 24000 real 256 px images in seconds. `decode_png` falls
@@ -9,6 +14,7 @@
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -41,6 +47,40 @@ def stage_images_from_uint8(images_uint8: torch.Tensor, num_stage: int) -> list[
         else:
             stages.append(F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp_(-1, 1))
     return stages
+
+
+def random_square_crop(size: int, ratio: float, generator: torch.Generator | None = None) -> tuple[int, int, int]:
+    """(side, left, top) of a random square crop of at least `ratio` of `size`, drawn in custom_reshape's order."""
+    crop = int(torch.randint(int(ratio * size), size + 1, (), generator=generator))
+    left = int(torch.randint(0, size - crop + 1, (), generator=generator))
+    top = int(torch.randint(0, size - crop + 1, (), generator=generator))
+    return crop, left, top
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_matrix(in_size: int, out_size: int, antialias: bool) -> torch.Tensor:
+    """[out_size, in_size] float64 matrix of a 1-D bicubic resize, read off F.interpolate applied to a basis."""
+    basis = torch.eye(in_size, dtype=torch.float64)[None, None]
+    return F.interpolate(basis, size=(out_size, in_size), mode="bicubic", align_corners=False,
+                         antialias=antialias)[0, 0]
+
+
+def clip_view(images: torch.Tensor, size: int = 224, ratio: float = 0.99,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """`custom_reshape(clip_transform(size)(images), ratio=ratio)` for square [B, C, n, n] images, as matmuls.
+
+    clip_transform's resize is torchvision's tensor Resize (bicubic with antialiasing; its centre crop is a
+    no-op on square images); custom_reshape crops and resizes back with plain bicubic interpolation.
+    """
+    height, width = images.shape[-2:]
+    if height != width:
+        raise ValueError(f"clip_view: expected square images, got {height}x{width}")
+    crop, left, top = random_square_crop(size, ratio, generator)
+    to_size = _resize_matrix(height, size, True)
+    from_crop = _resize_matrix(crop, size, False)
+    rows = (from_crop @ to_size[top:top + crop]).to(images.device, images.dtype)
+    cols = (from_crop @ to_size[left:left + crop]).to(images.device, images.dtype)
+    return rows @ images @ cols.t()
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="DiffAugment policy for D inputs, e.g. color,translation,cutout ('' = off)")
     extra.add_argument("--mismatch", action=argparse.BooleanOptionalAction, default=d["mismatch"],
                        help="mismatched-caption negatives for the conditional discriminator")
+    extra.add_argument("--detach_condition", action=argparse.BooleanOptionalAction, default=d["detach_condition"],
+                       help="G's step shows D a detached mu, so only the image can pass (off: the course's graph)")
     extra.add_argument("--save_every_steps", type=int, default=d["save_every_steps"],
                        help="mid-epoch snapshot every N iterations (0: off)")
     extra.add_argument("--keep_last", type=int, default=d["keep_last"],

@@ -29,15 +29,15 @@ import checkpoints
 import clip_utils
 import plots
 from augment import diff_augment, parse_policy
-from image_ops import stage_images_from_uint8
+from image_ops import clip_view, stage_images_from_uint8
 from evaluate import Evaluator, load_test_dataset, summary_line, write_report
 from metrics import EvaluationError
 from network import (Discriminator, DiscriminatorLogits, Generator, check_num_stage, init_conditioning_mu,
                      weight_init)
 from read_dataset import ZipDataset
 from checkpoints import atomic_save
-from train_utils import (KL_divergence, clip_preprocess, clip_transform, custom_reshape, denormalize_image,
-                         gather_all, normalize, save_hyp, save_model)
+from train_utils import (KL_divergence, clip_preprocess, denormalize_image, gather_all, normalize, save_hyp,
+                         save_model)
 
 # Options beyond the course's flags, with their defaults (main.py builds its parser from these too).
 OPTION_DEFAULTS = {
@@ -59,7 +59,8 @@ OPTION_DEFAULTS = {
     "ema": True,                # save an exponential moving average of G as epoch_N_Gen.pt
     "ema_decay": 0.999,
     "diffaugment": "",          # e.g. "color,translation,cutout"
-    "mismatch": False,          # real image + another caption's mu, labelled fake, for the conditional head
+    "mismatch": True,           # real image + another caption's mu, labelled fake, for the conditional head
+    "detach_condition": False,  # G's step feeds D's conditional heads mu.detach() (off: the course's graph)
     "save_every_steps": 0,      # mid-epoch snapshots (0: off)
     "keep_last": 0,             # keep only this many newest epochs (0: keep all)
     "max_bad_steps": 5,         # consecutive non-finite losses before training stops
@@ -104,9 +105,10 @@ def contrastive_loss_G(fake_image: torch.Tensor, clip_model: nn.Module, txt_embe
     """L_ConG: CLIP image features of the generated images against the text embeddings.
 
     denormalise -> resize/centre-crop to 224 -> random crop (ratio 0.99) back to 224 -> CLIP-normalise.
-    CLIP's weights are frozen; the gradient flows through it into the generator.
+    The two resizes run as `image_ops.clip_view` (the same chain as clip_transform + custom_reshape, as
+    matmuls). CLIP's weights are frozen; the gradient flows through it into the generator.
     """
-    image = clip_preprocess()(custom_reshape(clip_transform(224)(denormalize_image(fake_image.float()))))
+    image = clip_preprocess()(clip_view(denormalize_image(fake_image.float())))
     image_features = clip_model.encode_image(image.to(device, clip_utils.clip_dtype(clip_model)))
     return contrastive_loss(image_features, txt_embedding, tau)
 
@@ -206,7 +208,8 @@ class Trainer:
     language_free: bool = False
     xi: float = 0.1
     augment_policy: tuple[str, ...] = ()
-    mismatch: bool = False
+    mismatch: bool = True
+    detach_condition: bool = False
     ema: GeneratorEMA | None = None
     num_updates: int = 0
     scaler_d: torch.amp.GradScaler = field(init=False)
@@ -270,10 +273,14 @@ class Trainer:
         # G step: frozen discriminators (no weight gradients), the same fake images.
         for D in self.D_list:
             D.requires_grad_(False)
+        # With mu attached (the course's graph) G can also satisfy D's conditional heads by moving mu, the
+        # condition D judges the image against; detached, only the image can answer. Which trains better depends
+        # on lambda (README, "Does the text control the image?").
+        condition = mu_detached if self.detach_condition else mu
         g_parts: dict[str, torch.Tensor] = {}
         with self.autocast():
             for stage, D in enumerate(self.D_list):
-                fake_out = D.heads(D.trunk(self.augment(fake_images[stage])), mu, **heads)
+                fake_out = D.heads(D.trunk(self.augment(fake_images[stage])), condition, **heads)
                 for name, value in G_loss(fake_out, txt_feature, g_label, self.use_uncond_loss,
                                           self.use_contrastive_loss, self.gamma, self.tau).items():
                     g_parts[f"{name}_{stage}"] = value
@@ -359,6 +366,7 @@ def build_trainer(args: Namespace, device: torch.device, clip_model: nn.Module |
         amp=(device.type == "cuda") if amp is None else bool(amp),
         language_free=bool(option(args, "language_free")), xi=option(args, "xi"),
         augment_policy=parse_policy(option(args, "diffaugment")), mismatch=bool(option(args, "mismatch")),
+        detach_condition=bool(option(args, "detach_condition")),
         ema=GeneratorEMA(G, option(args, "ema_decay")) if option(args, "ema") else None,
     )
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize
 
 from checkpoints import HYPERPARAMETER_FILE, atomic_save, discriminator_file, generator_file, load_state_dict_file
+from image_ops import random_square_crop
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -65,9 +66,7 @@ def custom_reshape(img: torch.Tensor, mode: str = "bicubic", ratio: float = 0.99
         pad_left = int(torch.randint(0, 224 - size + 1, (), generator=generator))
         pad_top = int(torch.randint(0, 224 - size + 1, (), generator=generator))
         return F.pad(img, (pad_left, 224 - size - pad_left, pad_top, 224 - size - pad_top), value=1.0)
-    crop = int(torch.randint(int(ratio * size), size + 1, (), generator=generator))
-    left = int(torch.randint(0, size - crop + 1, (), generator=generator))
-    top = int(torch.randint(0, size - crop + 1, (), generator=generator))
+    crop, left, top = random_square_crop(size, ratio, generator)
     cropped = img[..., top:top + crop, left:left + crop]
     return F.interpolate(cropped, size=(224, 224), mode=mode, align_corners=False)
 

@@ -17,9 +17,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import clip_utils
-from train_utils import clip_preprocess, clip_transform, custom_reshape, normalize
+from image_ops import clip_view
+from train_utils import clip_preprocess, normalize
 
 # Two 128-wide layers in the image tower: the second layer's class token can then gather position-specific
 # colour features (hair at the top, background in the corners, glasses in the middle) made by the first.
@@ -31,7 +33,7 @@ TRAINED_CLIP = dict(embed_dim=512, image_resolution=224, vision_layers=2, vision
 
 def clip_input(images: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] -> CLIP's input, by the transform chain of train.contrastive_loss_G."""
-    return clip_preprocess()(custom_reshape(clip_transform(224)(images)))
+    return clip_preprocess()(clip_view(images))
 
 
 def contrastive_step_loss(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -71,7 +73,7 @@ def train_clip(images: torch.Tensor, captions: list[list[str]], groups: list[int
             optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
         losses = []
         model.train()
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc="training the benchmark CLIP", unit="step"):
             chosen = rng.choice(group_ids, size=min(batch_size, len(group_ids)), replace=False)
             picks = [int(rng.choice(by_group[group])) for group in chosen]
             batch_tokens = torch.stack([tokens[i][rng.integers(len(tokens[i]))] for i in picks])

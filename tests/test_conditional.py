@@ -109,6 +109,8 @@ def test_text_ignoring_generator_scores_near_chance(held_out):
     ["--mismatch"],
     ["--g_lr", "1e-4", "--d_lr", "4e-4"],
     ["--ca_init_std", "0.02"],
+    ["--detach_condition"],
+    ["--no-mismatch"],
     ["--ema", "--diffaugment", "color,translation,cutout", "--mismatch", "--g_lr", "1e-4", "--d_lr", "4e-4"],
 ])
 def test_every_improvement_flag_trains_and_keeps_the_contract(flags, preprocessed_zips, tiny_clip_path, tmp_path):
@@ -132,6 +134,12 @@ def test_every_improvement_flag_trains_and_keeps_the_contract(flags, preprocesse
                       torch.device("cpu"))
     assert [tuple(i.shape) for i in images] == [(2, 3, 64, 64), (2, 3, 128, 128)]
     assert all(torch.isfinite(i).all() and i.abs().max() <= 1 for i in images)
+
+
+def test_a_lone_flag_is_taken_as_the_value_of_train_args():
+    argv = conditional.join_flag_values(["--minutes", "1", "--train_args", "--no-ema", "--base_args", "--lam 0"])
+    args = conditional.build_parser().parse_args(argv)
+    assert (args.train_args, args.base_args, args.minutes) == ("--no-ema", "--lam 0", 1.0)
 
 
 def test_benchmark_clip_training_lowers_the_loss_and_saves_a_loadable_clip(tmp_path):

@@ -1,6 +1,7 @@
 """The guideline's formulas, checked against values computed by hand on small inputs."""
 import math
 
+import pytest
 import torch
 
 import train
@@ -52,6 +53,28 @@ def test_contrastive_loss_g_uses_clip_image_features(tiny_clip_path):
     images.requires_grad_(True)
     train.contrastive_loss_G(images, clip_model, text, "cpu").backward()
     assert images.grad is not None and images.grad.abs().sum() > 0  # the gradient reaches the generator
+
+
+def test_clip_view_is_the_clip_transform_and_custom_reshape_chain():
+    from image_ops import clip_view
+    from train_utils import clip_transform, custom_reshape
+
+    for side in (64, 256):  # upsampled (the 64 px stage) and antialiased downsampling (the 256 px stage)
+        images = torch.rand(2, 3, side, side, dtype=torch.float64, requires_grad=True)
+        weights = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+        for seed in range(6):  # several crops: the same random draws give the same crop
+            torch.manual_seed(seed)
+            chain = custom_reshape(clip_transform(224)(images))
+            after_chain = torch.get_rng_state()
+            torch.manual_seed(seed)
+            fused = clip_view(images)
+            assert torch.equal(torch.get_rng_state(), after_chain)  # the same draws: training order unchanged
+            torch.testing.assert_close(fused, chain)
+            chain_grad, = torch.autograd.grad((chain * weights).sum(), images)
+            fused_grad, = torch.autograd.grad((fused * weights).sum(), images)
+            torch.testing.assert_close(fused_grad, chain_grad)
+    with pytest.raises(ValueError, match="square"):
+        clip_view(torch.rand(1, 3, 64, 32))
 
 
 def _logits(uncond, cond, align):

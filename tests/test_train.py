@@ -216,6 +216,28 @@ def test_the_trainer_draws_the_mu_weights_from_ca_init_std(flags, std):
     assert abs(weight[64:].std() - 0.02) < 2e-3
 
 
+@pytest.mark.parametrize("flags, g_step_condition_has_grad", [([], True), (["--detach_condition"], False)])
+def test_detach_condition_keeps_g_from_moving_the_condition_d_judges(flags, g_step_condition_has_grad, monkeypatch):
+    args = main.build_parser().parse_args(["--num_stage", "1", "--projection_dim", "8", "--noise_dim", "8",
+                                           "--g_in_chans", "32", "--d_in_chans", "4", "--use_uncond_loss",
+                                           "--use_contrastive_loss", "--lam", "0", "--mismatch", *flags])
+    trainer = train.build_trainer(args, torch.device("cpu"), None)
+    seen = []  # (is this the G step, does the condition carry G's graph) for every heads call
+    original = train.Discriminator.heads
+
+    def recording_heads(self, features, condition=None, **kwargs):
+        seen.append((not self.global_layer[0].weight.requires_grad, condition.requires_grad))
+        return original(self, features, condition, **kwargs)
+
+    monkeypatch.setattr(train.Discriminator, "heads", recording_heads)
+    torch.manual_seed(0)
+    images = [torch.rand(4, 3, 64, 64) * 2 - 1]
+    text = torch.nn.functional.normalize(torch.randn(4, 512), dim=-1)
+    trainer.step(images, text, text)
+    assert {grad for g_step, grad in seen if not g_step} == {False}  # D's step always sees a detached mu
+    assert {grad for g_step, grad in seen if g_step} == {g_step_condition_has_grad}
+
+
 def test_train_runs_from_the_course_main_namespace(preprocessed_zips, tmp_path):
     """The course's main.py passes only its own flags; everything else takes its default."""
     args = argparse.Namespace(train_data=preprocessed_zips["train"], batch_size=11, num_epochs=1,
