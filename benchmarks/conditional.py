@@ -22,9 +22,9 @@ top-1 caption retrieval among the held-out combinations (on their real test imag
 the caption embeddings' variance that each attribute explains: the generator can follow only what the text
 embedding separates (after 150 steps eyeglasses explained 0.01 % of it and were never learned; after the default
 1000, 15 %). The held-out captions combine attribute values in ways never seen in training while using the
-paraphrase templates seen there. --train_clip_steps 0 gives the earlier random-weight CLIP (BENCH_CLIP: one text layer at ViT-B/32's width,
-so single words stay linearly readable from the embedding); its image tower carries no signal, so pair it with
---train_args "--lam 0".
+paraphrase templates seen there. --train_clip_steps 0 gives the earlier random-weight CLIP (BENCH_CLIP: one text
+layer at ViT-B/32's width, so single words stay linearly readable from the embedding); its image tower carries no
+signal, so pair it with --train_args "--lam 0".
 
 The run's fixed flags (BASE_TRAIN_ARGS) narrow the models (Ng 128, Nd 16) and raise the learning rate to 1e-3;
 --base_args replaces them, --train_args adds to them (the last occurrence of a flag wins). Data (raw images, the
@@ -32,7 +32,7 @@ trained CLIP, the preprocessed zip) is built once per --data_dir and reused. Tra
 time and as process CPU time (the fair figure on shared cores); the CLIP's training time is reported apart.
 
     python benchmarks/conditional.py --minutes 15 --threads 2 --train_args "--lam 0 --beta 0.1 --detach_condition"
-    python benchmarks/conditional.py --num_epochs 20 --data_dir /tmp/bench_data --train_args "--no-ema --mismatch"
+    python benchmarks/conditional.py --num_epochs 20 --data_dir /tmp/bench_data --train_args "--no-ema --no-mismatch"
 """
 from __future__ import annotations
 
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--base_args", default=BASE_TRAIN_ARGS, help="the run's fixed main.py flags")
-    parser.add_argument("--train_args", default="", help='extra main.py flags, e.g. "--lam 0 --mismatch"')
+    parser.add_argument("--train_args", default="", help='extra main.py flags, e.g. "--lam 0 --beta 0.1"')
     parser.add_argument("--num_epochs", type=int, default=None, help="epochs to train (default: until --minutes)")
     parser.add_argument("--minutes", type=float, default=None, help="training time budget (default 12 without "
                                                                     "--num_epochs)")
