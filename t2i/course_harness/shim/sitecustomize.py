@@ -8,8 +8,9 @@ offline in the test environment:
   `sys.modules`; the stand-in is removed right after, so nothing else sees it.
 * When T2I_CLIP_STANDIN names a local CLIP state-dict file, `clip.load` is replaced: any model name gives
   `(model, preprocess)` built from that file, in openai-clip's own layout for the device (fp16 weights with
-  fp32 LayerNorms on CUDA, as `clip.model.build_model` leaves them; fp32 on the CPU), in eval mode. Nothing
-  is downloaded.
+  fp32 LayerNorms on CUDA, as `clip.model.build_model` leaves them; fp32 on the CPU), in eval mode; and
+  openai-clip's downloader (which the package's own loader, `t2i.clip_utils`, calls for a model name) returns
+  that file. Nothing is downloaded.
 """
 import os
 import sys
@@ -43,3 +44,4 @@ if _STANDIN_PATH:
         return model.eval(), clip.clip._transform(model.visual.input_resolution)
 
     clip.load = clip.clip.load = _load_standin
+    clip.clip._download = lambda url, root=None: _STANDIN_PATH

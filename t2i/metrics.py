@@ -29,7 +29,9 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from tqdm import tqdm
 
-from train_utils import clip_preprocess, clip_transform
+from t2i.errors import T2IError
+from t2i.files import read_torch_file
+from t2i.image_ops import clip_normalize, clip_resize
 
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name for its TF-compatible InceptionV3
 FID_LAYER = "2048"  # torch-fidelity's default feature layers for FID/KID and for IS
@@ -38,11 +40,6 @@ IS_SPLITS = 10
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 FIDELITY_SEED = 2020  # torch-fidelity's default rng_seed: the IS shuffle and the KID subsets depend on it
-
-
-class EvaluationError(ValueError):
-    """An input that evaluation cannot use; the message is one line naming the file or flag and the fix.
-    A ValueError, so callers that report bad input as ValueError (training) show it as one line too."""
 
 
 def inception_layout() -> nn.Module:
@@ -88,29 +85,24 @@ def make_random_inception(path: str, seed: int = 0) -> str:
 
 
 def check_inception_weights(path: str) -> None:
-    """Raise EvaluationError (one line) unless `path` is a state dict that torch-fidelity's InceptionV3 loads."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise EvaluationError(f"--inception_weights {path}: no such file") from None
-    except Exception as err:
-        raise EvaluationError(f"--inception_weights {path}: not a PyTorch state dict ({type(err).__name__}); "
-                              f"give torch-fidelity's weights-inception-2015-12-05-6726825d.pth") from None
+    """Raise T2IError (one line) unless `path` is a state dict that torch-fidelity's InceptionV3 loads."""
+    state = read_torch_file(path, "Inception weights", "give torch-fidelity's "
+                            "weights-inception-2015-12-05-6726825d.pth")
     if not isinstance(state, dict):
-        raise EvaluationError(f"--inception_weights {path}: holds a {type(state).__name__}, not a state dict")
+        raise T2IError(f"--inception_weights {path}: holds a {type(state).__name__}, not a state dict")
     expected = inception_layout().state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     if missing or unexpected:
-        raise EvaluationError(
+        raise T2IError(
             f"--inception_weights {path}: not torch-fidelity's InceptionV3 state dict ({len(missing)} keys missing, "
             f"e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); give the file "
             f"weights-inception-2015-12-05-6726825d.pth from torch-fidelity's releases")
     wrong = [key for key, value in expected.items()
              if not isinstance(state[key], torch.Tensor) or state[key].shape != value.shape]
     if wrong:
-        raise EvaluationError(f"--inception_weights {path}: {len(wrong)} tensors have the wrong shape "
-                              f"(first: {wrong[0]}); give torch-fidelity's InceptionV3 weights")
+        raise T2IError(f"--inception_weights {path}: {len(wrong)} tensors have the wrong shape "
+                       f"(first: {wrong[0]}); give torch-fidelity's InceptionV3 weights")
 
 
 def load_inception(weights_path: str | None, device: torch.device | str) -> FeatureExtractorInceptionV3:
@@ -123,7 +115,7 @@ def load_inception(weights_path: str | None, device: torch.device | str) -> Feat
         extractor = FeatureExtractorInceptionV3(INCEPTION_NAME, [FID_LAYER, IS_LAYER],
                                                 feature_extractor_weights_path=weights_path)
     except OSError as err:  # the download failed: offline, or no access to GitHub
-        raise EvaluationError(f"could not download the Inception weights ({type(err).__name__}: {err}); "
+        raise T2IError(f"could not download the Inception weights ({type(err).__name__}: {err}); "
                               f"pass a local copy with --inception_weights") from None
     return extractor.to(device).eval()
 
@@ -151,7 +143,7 @@ def frechet_distance(generated: dict[str, torch.Tensor], real: dict[str, torch.T
     problem takes seconds on a CPU whatever the number of images)."""
     num_generated, num_real = len(generated[FID_LAYER]), len(real[FID_LAYER])
     if min(num_generated, num_real) < 2:
-        raise EvaluationError(f"FID needs at least 2 images a set, got {num_generated} generated and {num_real} "
+        raise T2IError(f"FID needs at least 2 images a set, got {num_generated} generated and {num_real} "
                               f"real; raise --num_samples")
     fid = fid_statistics_to_metric(fid_features_to_statistics(generated[FID_LAYER]),
                                    fid_features_to_statistics(real[FID_LAYER]), verbose=False)
@@ -171,7 +163,7 @@ def inception_score(generated: dict[str, torch.Tensor], splits: int = IS_SPLITS)
     """IS (mean, std over `splits` splits of the shuffled set), as torch-fidelity computes it."""
     count = len(generated[IS_LAYER])
     if count < splits:
-        raise EvaluationError(f"IS with {splits} splits needs at least {splits} generated images, got {count}; "
+        raise T2IError(f"IS with {splits} splits needs at least {splits} generated images, got {count}; "
                               f"raise --num_samples")
     isc = isc_features_to_metric(generated[IS_LAYER], splits=splits, shuffle=True, rng_seed=FIDELITY_SEED)
     return isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
@@ -201,7 +193,7 @@ def clip_image_embeddings(clip_model: nn.Module, images: Sequence[torch.Tensor],
     CLIP's standard preprocessing (bicubic resize, centre crop to 224, CLIP normalisation), deterministic."""
     device = clip_model.visual.conv1.weight.device
     dtype = clip_model.visual.conv1.weight.dtype
-    resize, normalize = clip_transform(clip_model.visual.input_resolution), clip_preprocess()
+    resize, normalize = clip_resize(clip_model.visual.input_resolution), clip_normalize()
     embeddings = []
     for start in tqdm(range(0, len(images), batch_size), desc="clip", unit="batch", disable=not progress, leave=False):
         batch = images[start:start + batch_size].to(device).float().div_(255)
