@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from t2i import checkpoints
+from t2i import checkpoints, options
 from t2i.errors import T2IError
 
 
@@ -25,6 +25,7 @@ class ResumePoint:
     state: dict | None  # the training state; None when only the weights exist (a run of the course's code)
     source: str         # for messages
     snapshot: bool      # the weights are inside `state` (a mid-epoch snapshot), not in epoch files
+    changes: list[str] = field(default_factory=list)  # options given other values than the resumed run's
 
     def load_snapshot_weights(self, G: nn.Module, D_list: list[nn.Module]) -> None:
         try:
@@ -38,11 +39,24 @@ class ResumePoint:
 
 
 def find_resume_point(args: Namespace) -> ResumePoint | None:
-    """Where to continue (None: a fresh run)."""
+    """Where to continue (None: a fresh run). A model option other than the resumed run's is refused here,
+    before any weights are read, naming the option."""
+    resume = _find(args)
+    if resume is not None:
+        record = checkpoints.read_run_record(args.resume_checkpoint_path)
+        if record is not None:
+            resume.changes = options.compare_with_saved(record["options"], args)
+    return resume
+
+
+def _find(args: Namespace) -> ResumePoint | None:
     path, requested = args.resume_checkpoint_path, args.resume_epoch
     if path is None or requested == -1:
         return None
     if not os.path.isdir(path):
+        if requested == "latest":  # the notebook's first session: nothing to resume yet
+            print(f"No checkpoint folder {path} yet: starting from scratch")
+            return None
         raise T2IError(f"--resume_checkpoint_path {path}: no such folder")
     epochs = checkpoints.complete_epochs(path, args.num_stage)
     mid_path = os.path.join(path, checkpoints.MID_EPOCH_FILE)

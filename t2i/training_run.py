@@ -253,20 +253,15 @@ class TrainingRun:
 
     def begin(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
         """The checkpoint folder's bookkeeping, once the input is known to be good: stale temporary files go,
-        the options are compared with the resumed run's and written to run_options.json, the loss log opens."""
+        the options that changed since the resumed run are reported and the options written to
+        run_options.json, the loss log opens."""
         folder = self.args.checkpoint_path
         for path in checkpoints.remove_stale_files(folder):
             print(f"Removed {path}, left by an interrupted save")
-        options_path = os.path.join(folder, checkpoints.RUN_OPTIONS_FILE)
+        for change in resume.changes if resume is not None else []:
+            print(f"Changed since the resumed run: {change}")
         record = {"options": options.saved_form(self.args), "clip": clip_identity}
-        if resume is not None:
-            saved_path = os.path.join(self.args.resume_checkpoint_path, checkpoints.RUN_OPTIONS_FILE)
-            if os.path.isfile(saved_path):
-                with open(saved_path) as f:
-                    saved = json.load(f)
-                for change in options.compare_with_saved(saved["options"], self.args):
-                    print(f"Changed since the resumed run: {change}")
-        atomic_write_text(options_path, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(os.path.join(folder, checkpoints.RUN_OPTIONS_FILE), json.dumps(record, indent=2) + "\n")
         log_path = os.path.join(folder, checkpoints.LOSS_LOG_FILE)
         self.loss_log = LossLog(log_path, resume.epoch if resume else None, resume.step if resume else 0)
 

@@ -48,6 +48,15 @@ def preprocessed_zips(synthetic_raw, tiny_clip_path, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def small_train_zip(synthetic_raw, tiny_clip_path, tmp_path_factory) -> str:
+    """4 training images: one batch of 4 an epoch, for the tests that need the full 3-stage path but few steps."""
+    path = str(tmp_path_factory.mktemp("small") / "train_4.zip")
+    preprocess(["--source", synthetic_raw["paths"]["source"], "--dest", path, "--clip_model", tiny_clip_path,
+                "--max-images", "4", "--num_workers", "1", "--device", "cpu"], "train")
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_quick_run(tmp_path_factory) -> dict:
     """`demo.py --quick` run once on the CPU: its exit status, output folder and CPU seconds (shared by the demo
     and submission-check tests, since the run is the slowest part of both)."""
