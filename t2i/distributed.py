@@ -78,9 +78,12 @@ class Processes:
         return f"process {self.rank} of {self.world_size}"
 
     def device(self, name: str | None) -> torch.device:
-        """--device for this process: on CUDA, GPU LOCAL_RANK of its machine."""
+        """--device for this process (on CUDA, GPU LOCAL_RANK of its machine), and among several the process group
+        on it: NCCL between GPUs, Gloo between CPUs."""
         device = resolve_device(name)
-        if self.world_size > 1 and device.type == "cuda":
+        if self.world_size == 1:
+            return device
+        if device.type == "cuda":
             if device.index is not None:
                 raise T2IError(f"--device {name}: under torchrun each process takes the GPU of its LOCAL_RANK; "
                                f"pass --device cuda, and choose the GPUs with CUDA_VISIBLE_DEVICES")
@@ -89,8 +92,9 @@ class Processes:
                                f"GPU(s): start at most that many processes per machine (--nproc_per_node)")
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
-        if self.world_size > 1:
-            self.noise_generator = torch.Generator(device).manual_seed(NOISE_SEED)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
+                                device_id=device if device.type == "cuda" else None)
+        self.noise_generator = torch.Generator(device).manual_seed(NOISE_SEED)
         return device
 
     # ------------------------------------------------------------------------------------ start of the run
@@ -351,8 +355,8 @@ def gather_negatives(features: torch.Tensor, texts: torch.Tensor) -> tuple[torch
 @contextlib.contextmanager
 def launched() -> Iterator[Processes]:
     """This process's place among those torchrun started (WORLD_SIZE, RANK, LOCAL_RANK); one process alone
-    without them. Among several: the process group (Gloo for CPU tensors, NCCL for CUDA ones), each process's own
-    random streams, standard output from process 0 only, and a failure as one line naming the process."""
+    without them. Among several: each process's own random streams, standard output from process 0 only, and a
+    failure as one line naming the process. The process group starts with the device (`Processes.device`)."""
     global _active
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -362,13 +366,12 @@ def launched() -> Iterator[Processes]:
     quiet = open(os.devnull, "w") if not processes.main else None
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
-            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-            dist.init_process_group(backend, timeout=TIMEOUT)
             _active = processes
             processes.seed_own_streams()
             yield processes
-            processes.barrier()  # nobody leaves before process 0's last files are written
-        dist.destroy_process_group()
+            if dist.is_initialized():
+                processes.barrier()  # nobody leaves before process 0's last files are written
+                dist.destroy_process_group()
     except Exception as err:  # noqa: BLE001 - every failure becomes one line naming the process
         # Said at once, before this process's connections close: the others notice then, and torchrun stops them.
         # On a line of its own: process 0's progress bar may hold the terminal's current line.

@@ -113,6 +113,9 @@ class TrainingRun:
         """(step, stage images, image embedding, text embedding) on the device, under a progress bar."""
         for model in (self.G, *self.D_list):
             model.train()
+        if self.processes is not None and batching.our_sampler(loader) is None:
+            raise T2IError("training under torchrun needs this package's dataloader.py (each process takes its share "
+                           "of every batch; the course's RandomSampler gives each one the whole epoch)")
         first = batching.first_step(loader)
         self.steps_in_epoch = batching.steps_per_epoch(loader)
         progress = tqdm(loader, desc=f"epoch {self.epoch}", total=self.steps_in_epoch, initial=first,
@@ -318,11 +321,7 @@ class TrainingRun:
         self.epoch = epoch
         self.epoch_started = time.time()
         start_step = resume.step if resume is not None and epoch == resume.epoch else 0
-        positioned = batching.set_position(loader, epoch, start_step)
-        if not positioned and self.processes is not None:
-            raise T2IError("training under torchrun needs this package's dataloader.py (each process takes its share "
-                           "of every batch; the course's RandomSampler gives each one the whole epoch)")
-        if not positioned and start_step:
+        if not batching.set_position(loader, epoch, start_step) and start_step:
             raise T2IError("a mid-epoch snapshot needs this package's dataloader.py (the course's RandomSampler "
                            "cannot skip the batches already seen); resume from a complete epoch instead")
 
