@@ -363,9 +363,10 @@ def launched() -> Iterator[Processes]:
         yield Processes(0, 1, 0)
         return
     processes = Processes(int(os.environ["RANK"]), world_size, int(os.environ["LOCAL_RANK"]))
-    quiet = open(os.devnull, "w") if not processes.main else None
     try:
-        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if not processes.main:
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             _active = processes
             processes.seed_own_streams()
             yield processes
@@ -380,8 +381,6 @@ def launched() -> Iterator[Processes]:
         raise SystemExit(1) from None
     finally:
         _active = None
-        if quiet is not None:
-            quiet.close()
 
 
 def cause(err: Exception) -> str:

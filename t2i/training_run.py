@@ -74,8 +74,7 @@ class TrainingRun:
         self.precision = precision or precision_for(device, args.amp)
         self.files = files  # False: no loss log, snapshots or summary files (a plain train_step)
         self.processes = distributed.active()  # None: this process alone
-        self.main = self.processes is None or self.processes.main
-        self.writes = files and self.main  # under torchrun, process 0 alone writes
+        self.writes = files and (self.processes is None or self.processes.main)  # under torchrun, process 0 alone
         if self.processes is not None:
             if args.sync_bn:
                 for model in (G, *D_list):
@@ -259,15 +258,17 @@ class TrainingRun:
         number of processes. Under torchrun every process calls it (their RNG states are gathered); process 0
         writes."""
         rng = checkpoints.rng_states()
+        processes = self.processes.state_dict(rng) if self.processes is not None else None  # every process joins
+        if not self.writes:
+            return
         state = {"epoch": epoch, "step": step, "trainer": self.state_dict(), "rng": rng,
-                 "world_size": 1 if self.processes is None else self.processes.world_size}
-        if self.processes is not None:
-            state["processes"] = self.processes.state_dict(rng)
+                 "world_size": distributed.world_size()}
+        if processes is not None:
+            state["processes"] = processes
         if with_weights:
             state["generator"] = self.saved_generator().state_dict()
             state["discriminators"] = [D.state_dict() for D in self.D_list]
-        if self.writes:
-            atomic_save(state, path)
+        atomic_save(state, path)
 
     def restore(self, resume: ResumePoint) -> None:
         """Continue exactly: the raw generator, optimizers, scalers, step count and RNG states, when saved.
@@ -286,7 +287,7 @@ class TrainingRun:
         if self.ema is not None and trainer["raw_generator"] is not None:
             self.G.load_state_dict(trainer["raw_generator"])
         self.num_updates = trainer["num_updates"]
-        saved_world, world = state.get("world_size", 1), 1 if self.processes is None else self.processes.world_size
+        saved_world, world = state.get("world_size", 1), distributed.world_size()
         if saved_world == world:
             rng = state["rng"] if self.processes is None else self.processes.load_state_dict(state["processes"])
             checkpoints.set_rng_states(rng)

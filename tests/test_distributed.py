@@ -218,7 +218,7 @@ def torchrun(argv: list[str], fault: str | None = None) -> subprocess.CompletedP
         env["T2I_TEST_FAULT"] = fault
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                os.path.join(ROOT, "tests", "torchrun_main.py"), *argv]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 def run_ok(argv: list[str]) -> subprocess.CompletedProcess:
