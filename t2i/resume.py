@@ -1,7 +1,8 @@
 """Where a run continues, and what it needs to continue exactly.
 
 `--resume_checkpoint_path DIR --resume_epoch N` continues after complete epoch N; `--resume_epoch latest` after
-the newest complete epoch, or from the mid-epoch snapshot (`--save_every_steps`) when that is newer. Epoch N's
+the newest complete epoch, or from the mid-epoch snapshot (`--save_every_steps`) when that is newer and was made
+by as many processes as this run has (torchrun; otherwise the newest complete epoch). Epoch N's
 weights are the contract's files; `epoch_N_state.pt` adds the optimizers, gradient scalers, RNG states and the
 raw generator (when the saved one is the EMA), so the resumed run equals an uninterrupted one tensor for tensor.
 Everything here is checked before the run writes its first file.
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from t2i import checkpoints, options
+from t2i import checkpoints, distributed, options
 from t2i.errors import T2IError
 
 
@@ -63,8 +64,13 @@ def _find(args: Namespace) -> ResumePoint | None:
     if requested == "latest":
         mid_state = checkpoints.read_training_state(mid_path) if os.path.isfile(mid_path) else None
         if mid_state is not None and (not epochs or mid_state["epoch"] > epochs[-1]):
-            return ResumePoint(mid_state["epoch"], mid_state["step"], mid_state,
-                               f"the mid-epoch snapshot {mid_path}", snapshot=True)
+            made_by, world_size = mid_state.get("world_size", 1), distributed.world_size()
+            if made_by == world_size:
+                return ResumePoint(mid_state["epoch"], mid_state["step"], mid_state,
+                                   f"the mid-epoch snapshot {mid_path}", snapshot=True)
+            # Each process's share of the epoch depends on their number: the position does not carry over.
+            print(f"{mid_path} was made by {made_by} process(es) and this run has {world_size}: an epoch cannot go on "
+                  f"mid-way with another number of processes, so training continues after the last complete epoch")
         if not epochs:
             print(f"No checkpoint in {path} yet: starting from scratch")
             return None

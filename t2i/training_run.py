@@ -5,7 +5,9 @@ Per iteration: the batches (progress bar, the move to the device, skipping a bat
 with gradient scaling, DiffAugment, mismatched captions, frozen discriminators in the generator step, a
 non-finite step that changes nothing (BatchNorm statistics restored), the EMA generator, reporting (progress
 bar, loss log) and mid-epoch snapshots. Per epoch: the resume state, evaluation, the loss log and curve,
-pruning. Per run: the checkpoint folder's checks, `run_options.json`, a one-line summary.
+pruning. Per run: the checkpoint folder's checks, `run_options.json`, a one-line summary. Under torchrun, what the
+processes do together (`t2i/distributed.py`): synchronised BatchNorm, the global batch's noise and losses, summed
+gradients, every process's random streams in the resume state, files from process 0 alone.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from network import Discriminator, Generator, weight_init
-from t2i import batching, checkpoints, options, plots
+from t2i import batching, checkpoints, distributed, options, plots
 from t2i.augment import diff_augment, parse_policy
 from t2i.ema import GeneratorEMA
 from t2i.errors import T2IError
@@ -71,6 +73,14 @@ class TrainingRun:
         self.optim_g, self.optim_d_list = optim_g, optim_d_list
         self.precision = precision or precision_for(device, args.amp)
         self.files = files  # False: no loss log, snapshots or summary files (a plain train_step)
+        self.processes = distributed.active()  # None: this process alone
+        self.writes = files and (self.processes is None or self.processes.main)  # under torchrun, process 0 alone
+        if self.processes is not None:
+            if args.sync_bn:
+                for model in (G, *D_list):
+                    distributed.convert_batchnorm(model)
+            self.processes.broadcast_models([G, *D_list])
+            self.processes.announce(args.batch_size)
         self.channels_last = uses_channels_last(device)
         if self.channels_last:
             for model in (G, *D_list):
@@ -102,10 +112,13 @@ class TrainingRun:
         """(step, stage images, image embedding, text embedding) on the device, under a progress bar."""
         for model in (self.G, *self.D_list):
             model.train()
+        if self.processes is not None and batching.our_sampler(loader) is None:
+            raise T2IError("training under torchrun needs this package's dataloader.py (each process takes its share "
+                           "of every batch; the course's RandomSampler gives each one the whole epoch)")
         first = batching.first_step(loader)
         self.steps_in_epoch = batching.steps_per_epoch(loader)
         progress = tqdm(loader, desc=f"epoch {self.epoch}", total=self.steps_in_epoch, initial=first,
-                        dynamic_ncols=True, disable=not self.files)
+                        dynamic_ncols=True, disable=not self.writes)
         self.progress = progress
         for step, batch in enumerate(progress, start=first):
             images, img_feature, txt_feature = batching.batch_to_device(batch, num_stage, self.device,
@@ -114,11 +127,17 @@ class TrainingRun:
                 continue
             self.step = step
             self.components = {}
+            if self.processes is not None:
+                self.processes.start_batch(batching.global_batch_size(loader, step))
             yield step, images, img_feature, txt_feature
         progress.close()
 
     def autocast(self) -> torch.autocast:
         return self.precision.autocast()
+
+    def global_noise(self) -> contextlib.AbstractContextManager:
+        """Under torchrun, the generator's noise is this process's rows of the global batch's (t2i/distributed.py)."""
+        return self.processes.global_noise() if self.processes is not None else contextlib.nullcontext()
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """DiffAugment (--diffaugment) of a discriminator's input; the identity when off."""
@@ -163,21 +182,30 @@ class TrainingRun:
                            f"training stopped. Last clean checkpoint: {where}. Check the data (a NaN embedding?), "
                            f"or resume from it with --no-amp or a lower --learning_rate")
 
+    def _update(self, what: str, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
+                scaler: torch.amp.GradScaler) -> bool:
+        """One step of `optimizers`; False (and nothing changed) when the loss is not finite. Under torchrun every
+        process runs its backward (synchronised BatchNorm's is collective) and the gradients' all_reduce tells them
+        all whether any loss was not finite; `loss` then holds the global batch's loss."""
+        if self.processes is not None:
+            stepped = self.processes.step_optimizers(loss, optimizers, scaler)
+        elif bool(torch.isfinite(loss)):
+            stepped = step_optimizers(loss, optimizers, scaler)
+        else:
+            stepped = False
+        if not stepped:
+            self._skip(what, loss)
+        return stepped
+
     def update_discriminators(self, d_loss: torch.Tensor, optim_d_lst: list[torch.optim.Optimizer]) -> bool:
         """One step of every discriminator's optimizer; False (and nothing changed) when the loss is not finite."""
-        if not bool(torch.isfinite(d_loss)):
-            self._skip("discriminator", d_loss)
-            return False
-        step_optimizers(d_loss, optim_d_lst, self.precision.scaler_d)
-        return True
+        return self._update("discriminator", d_loss, optim_d_lst, self.precision.scaler_d)
 
     def update_generator(self, g_loss: torch.Tensor, optim_g: torch.optim.Optimizer) -> bool:
         """One generator step and the EMA update; False when the loss is not finite. The discriminators' step of
         this iteration, made from finite losses, is kept; every BatchNorm statistic goes back to before it."""
-        if not bool(torch.isfinite(g_loss)):
-            self._skip("generator", g_loss)
+        if not self._update("generator", g_loss, [optim_g], self.precision.scaler_g):
             return False
-        step_optimizers(g_loss, [optim_g], self.precision.scaler_g)
         if self.ema is not None:
             self.ema.update(self.G, self.num_updates)
         self.num_updates += 1
@@ -193,7 +221,10 @@ class TrainingRun:
             for name, value in parts.items():
                 names.append(f"{step_name}/{name}" + (f"_{stage}" if stage != "None" else ""))
                 values.append(value.detach().float())
-        losses = dict(zip(names, torch.stack(values).tolist()))
+        values = torch.stack(values)
+        if self.processes is not None:  # the components are this process's; the log shows the global batch's
+            values = self.processes.global_values(values)
+        losses = dict(zip(names, values.tolist()))
         self.progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}")
         if self.loss_log is not None:
             self.loss_log.add(self.epoch, step, time.time() - self.epoch_started, losses)
@@ -223,8 +254,17 @@ class TrainingRun:
         }
 
     def save_state(self, path: str, epoch: int, step: int, with_weights: bool) -> None:
-        """The resume state: position, optimizers, scalers, RNG states (and, for a snapshot, the weights)."""
-        state = {"epoch": epoch, "step": step, "trainer": self.state_dict(), "rng": checkpoints.rng_states()}
+        """The resume state: position, optimizers, scalers, RNG states (and, for a snapshot, the weights), and the
+        number of processes. Under torchrun every process calls it (their RNG states are gathered); process 0
+        writes."""
+        rng = checkpoints.rng_states()
+        processes = self.processes.state_dict(rng) if self.processes is not None else None  # every process joins
+        if not self.writes:
+            return
+        state = {"epoch": epoch, "step": step, "trainer": self.state_dict(), "rng": rng,
+                 "world_size": distributed.world_size()}
+        if processes is not None:
+            state["processes"] = processes
         if with_weights:
             state["generator"] = self.saved_generator().state_dict()
             state["discriminators"] = [D.state_dict() for D in self.D_list]
@@ -247,14 +287,22 @@ class TrainingRun:
         if self.ema is not None and trainer["raw_generator"] is not None:
             self.G.load_state_dict(trainer["raw_generator"])
         self.num_updates = trainer["num_updates"]
-        checkpoints.set_rng_states(state["rng"])
+        saved_world, world = state.get("world_size", 1), distributed.world_size()
+        if saved_world == world:
+            rng = state["rng"] if self.processes is None else self.processes.load_state_dict(state["processes"])
+            checkpoints.set_rng_states(rng)
+        else:  # each process keeps its fresh random streams
+            print(f"{resume.source} was made by {saved_world} process(es) and this run has {world}: it continues "
+                  f"with a global batch of {self.args.batch_size * world}, not as the run would have gone on")
 
     # -------------------------------------------------------------------------------------- run and epochs
 
     def begin(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
         """The checkpoint folder's bookkeeping, once the input is known to be good: stale temporary files go,
         the options that changed since the resumed run are reported and the options written to
-        run_options.json, the loss log opens."""
+        run_options.json, the loss log opens. Only process 0 writes."""
+        if not self.writes:
+            return
         folder = self.args.checkpoint_path
         for path in checkpoints.remove_stale_files(folder):
             print(f"Removed {path}, left by an interrupted save")
@@ -285,7 +333,12 @@ class TrainingRun:
                                f"--no-amp or a lower --learning_rate")
 
     def end_epoch(self, epoch: int, d_loss: float, g_loss: float, seconds: float, figures: dict | None) -> None:
-        """After the epoch's files: its row in the loss log, the loss curve, and the cleanup."""
+        """After the epoch's files: its row in the loss log, the loss curve, and the cleanup. Under torchrun the
+        processes wait here for process 0's files, so none goes on while an epoch could still fail to be saved."""
+        if self.processes is not None:
+            self.processes.barrier()
+        if not self.writes:
+            return
         self.loss_log.add(epoch, "end", seconds, {"d_loss": d_loss, "g_loss": g_loss}, figures)
         plots.plot_loss_curve(self.loss_log.path, os.path.join(self.args.result_path, "loss_curve.png"))
         mid_path = os.path.join(self.args.checkpoint_path, checkpoints.MID_EPOCH_FILE)
