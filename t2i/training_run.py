@@ -26,9 +26,9 @@ from t2i import batching, checkpoints, options, plots
 from t2i.augment import diff_augment, parse_policy
 from t2i.ema import GeneratorEMA
 from t2i.errors import T2IError
-from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors
+from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors, remove_file
 from t2i.loss_log import LossLog
-from t2i.nonfinite import BatchNormGuard
+from t2i.nonfinite import StepGuard
 from t2i.precision import Precision, precision_for, step_optimizers
 from t2i.resume import ResumePoint
 
@@ -81,7 +81,7 @@ class TrainingRun:
         self.clip_loss_any_size = args.clip_loss_any_size
         self.augment_policy = parse_policy(args.diffaugment)
         self.ema = GeneratorEMA(G, args.ema_decay) if args.ema else None
-        self.guard = BatchNormGuard([G, *D_list])
+        self.guard = StepGuard([G, *D_list], D_list, optim_d_list, [self.precision.scaler_d])
         self.num_updates = 0
         self.epoch, self.step, self.steps_in_epoch = 0, 0, 0
         self.bad_in_a_row = self.skipped = 0
@@ -150,18 +150,34 @@ class TrainingRun:
         self.guard.save()
 
     def _skip(self, what: str, loss: torch.Tensor) -> None:
-        """A non-finite loss: restore the BatchNorm statistics and count the skipped step."""
+        """A non-finite loss: undo everything the step changed (StepGuard) and count the skipped step."""
         self.guard.restore()
         self.skipped += 1
         self.bad_in_a_row += 1
         tqdm.write(f"Warning: non-finite {what} loss ({float(loss.detach())}) at epoch {self.epoch} step {self.step}; the "
                    f"step was skipped and changed nothing")
         if self.bad_in_a_row >= self.args.max_bad_steps:
-            clean = checkpoints.last_clean_epoch(self.args.checkpoint_path, len(self.D_list)) if self.files else None
-            where = f"epoch {clean} in {self.args.checkpoint_path}" if clean is not None else "none"
             raise T2IError(f"{self.bad_in_a_row} non-finite losses in a row at epoch {self.epoch} step {self.step}; "
-                           f"training stopped. Last clean checkpoint: {where}. Check the data (a NaN embedding?), "
-                           f"or resume from it with --no-amp or a lower --learning_rate")
+                           f"training stopped. Last clean checkpoint: {self.last_clean()}. {self.remedies()}")
+
+    def last_clean(self) -> str:
+        """'epoch K in DIR': the newest epoch whose files are all finite, here or in the folder resumed from."""
+        if not self.files:
+            return "none"
+        for folder in dict.fromkeys([self.args.checkpoint_path, self.args.resume_checkpoint_path]):
+            if folder and os.path.isdir(folder):
+                clean = checkpoints.last_clean_epoch(folder, len(self.D_list))
+                if clean is not None:
+                    return f"epoch {clean} in {folder}"
+        return "none (start afresh)"
+
+    def remedies(self) -> str:
+        """What can make losses non-finite in this run, as advice (only what applies)."""
+        advice = ["check the data (a NaN or empty embedding in the zip?)"]
+        if self.precision.autocast_dtype is not None:
+            advice.append("resume with --no-amp (an fp16/bf16 overflow)")
+        advice.append(f"resume with a lower --learning_rate than {self.args.g_lr or self.args.learning_rate:g}")
+        return "Then " + ", or ".join(advice)
 
     def update_discriminators(self, d_loss: torch.Tensor, optim_d_lst: list[torch.optim.Optimizer]) -> bool:
         """One step of every discriminator's optimizer; False (and nothing changed) when the loss is not finite."""
@@ -223,11 +239,17 @@ class TrainingRun:
         }
 
     def save_state(self, path: str, epoch: int, step: int, with_weights: bool) -> None:
-        """The resume state: position, optimizers, scalers, RNG states (and, for a snapshot, the weights)."""
+        """The resume state: position, optimizers, scalers, RNG states (and, for a snapshot, the weights).
+        Refused, loudly, when any of it holds NaN or Inf: no file of a diverged run is ever written."""
         state = {"epoch": epoch, "step": step, "trainer": self.state_dict(), "rng": checkpoints.rng_states()}
         if with_weights:
             state["generator"] = self.saved_generator().state_dict()
             state["discriminators"] = [D.state_dict() for D in self.D_list]
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise T2IError(f"{path}: not written, {len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}) at epoch "
+                           f"{self.epoch} step {self.step}; training stopped. Last clean checkpoint: "
+                           f"{self.last_clean()}. {self.remedies()}")
         atomic_save(state, path)
 
     def restore(self, resume: ResumePoint) -> None:
@@ -255,17 +277,13 @@ class TrainingRun:
         """The checkpoint folder's bookkeeping, once the input is known to be good: stale temporary files go,
         the options are compared with the resumed run's and written to run_options.json, the loss log opens."""
         folder = self.args.checkpoint_path
-        for path in checkpoints.remove_stale_files(folder):
-            print(f"Removed {path}, left by an interrupted save")
+        for stale_folder in dict.fromkeys([folder, self.args.result_path]):
+            for path in checkpoints.remove_stale_files(stale_folder):
+                print(f"Removed {path}, left by an interrupted save")
         options_path = os.path.join(folder, checkpoints.RUN_OPTIONS_FILE)
         record = {"options": options.saved_form(self.args), "clip": clip_identity}
-        if resume is not None:
-            saved_path = os.path.join(self.args.resume_checkpoint_path, checkpoints.RUN_OPTIONS_FILE)
-            if os.path.isfile(saved_path):
-                with open(saved_path) as f:
-                    saved = json.load(f)
-                for change in options.compare_with_saved(saved["options"], self.args):
-                    print(f"Changed since the resumed run: {change}")
+        for change in resume.changes if resume is not None else []:  # checked by find_resume_point
+            print(f"Changed since the resumed run: {change}")
         atomic_write_text(options_path, json.dumps(record, indent=2) + "\n")
         log_path = os.path.join(folder, checkpoints.LOSS_LOG_FILE)
         self.loss_log = LossLog(log_path, resume.epoch if resume else None, resume.step if resume else 0)
@@ -280,22 +298,22 @@ class TrainingRun:
 
     def check_finite(self, epoch: int) -> None:
         """Refuse to save weights that hold NaN or Inf."""
-        for name, model in (("generator", self.saved_generator()), *((f"discriminator {i}", D)
-                                                                    for i, D in enumerate(self.D_list))):
+        models = [("generator", self.saved_generator()), *((f"discriminator {i}", D) for i, D in enumerate(self.D_list))]
+        if self.ema is not None:
+            models.append(("raw generator", self.G))
+        for name, model in models:
             bad = nonfinite_tensors(model.state_dict())
             if bad:
-                clean = checkpoints.last_clean_epoch(self.args.checkpoint_path, len(self.D_list))
-                raise T2IError(f"epoch {epoch}: the {name} holds NaN or Inf ({bad[0]}, ...) and was not saved; the "
-                               f"last clean epoch is {clean if clean is not None else 'none'}; resume from it with "
-                               f"--no-amp or a lower --learning_rate")
+                raise T2IError(f"epoch {epoch}: the {name} holds NaN or Inf ({bad[0]}, ...), so the epoch was not "
+                               f"saved; training stopped. Last clean checkpoint: {self.last_clean()}. "
+                               f"{self.remedies()}")
 
     def end_epoch(self, epoch: int, d_loss: float, g_loss: float, seconds: float, figures: dict | None) -> None:
         """After the epoch's files: its row in the loss log, the loss curve, and the cleanup."""
         self.loss_log.add(epoch, "end", seconds, {"d_loss": d_loss, "g_loss": g_loss}, figures)
         plots.plot_loss_curve(self.loss_log.path, os.path.join(self.args.result_path, "loss_curve.png"))
         mid_path = os.path.join(self.args.checkpoint_path, checkpoints.MID_EPOCH_FILE)
-        if os.path.isfile(mid_path):
-            os.remove(mid_path)  # superseded by the complete epoch
+        remove_file(mid_path)  # superseded by the complete epoch
         checkpoints.prune_epochs(self.args.checkpoint_path, self.args.keep_last, len(self.D_list))
 
     def summary(self, start_epoch: int) -> str:
