@@ -28,8 +28,8 @@ TEMP_PATTERN = re.compile(r"(?P<target>.+)\.tmp-(?P<pid>\d+)")
 
 # What an OSError's errno means to a user, and what to do about it.
 WRITE_FAILURES = {
-    errno.ENOSPC: ("the disk is full", "free some space (or use --keep_last) and run again"),
-    errno.EDQUOT: ("the disk quota is exhausted", "free some space (or use --keep_last) and run again"),
+    errno.ENOSPC: ("the disk is full", "free some space and run again"),
+    errno.EDQUOT: ("the disk quota is exhausted", "free some space and run again"),
     errno.EROFS: ("the folder is on a read-only file system", "choose a writable folder"),
     errno.EACCES: ("permission denied", "choose a folder you can write to"),
     errno.EPERM: ("permission denied", "choose a folder you can write to"),
@@ -47,27 +47,34 @@ def temp_path(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}"
 
 
-def _cause_and_remedy(err: BaseException) -> tuple[str, str]:
+# Files of a training run's checkpoints: where a full disk can also be helped by --keep_last.
+CHECKPOINT_FILE = re.compile(r"(epoch_\d+_.*|mid_epoch_state)\.pt")
+
+
+def _cause_and_remedy(err: BaseException, path: str | None = None) -> tuple[str, str]:
     code = getattr(err, "errno", None)
     if code is None and "unexpected pos" in str(err):  # torch's zip writer hitting a full disk
         code = errno.ENOSPC
     if code in WRITE_FAILURES:
-        return WRITE_FAILURES[code]
+        cause, remedy = WRITE_FAILURES[code]
+        if code in (errno.ENOSPC, errno.EDQUOT) and path and CHECKPOINT_FILE.fullmatch(os.path.basename(path)):
+            remedy += " (--keep_last K keeps only the newest K epochs)"
+        return cause, remedy
     text = getattr(err, "strerror", None) or (str(err).splitlines()[0] if str(err) else "")
     return f"{type(err).__name__}: {text}", "check the folder and run again"
 
 
 def write_error(path: str, err: BaseException) -> T2IError:
     """A one-line T2IError for a failed write of `path`."""
-    cause, remedy = _cause_and_remedy(err)
+    cause, remedy = _cause_and_remedy(err, path)
     return T2IError(f"{path}: could not be written ({cause}); the previous file, if any, is unchanged; {remedy}")
 
 
-def os_error(err: OSError, action: str = "failed") -> T2IError:
+def os_error(err: OSError, action: str | None = None) -> T2IError:
     """A one-line T2IError for any OSError: the file it names, the cause and what to do."""
-    cause, remedy = _cause_and_remedy(err)
     name = err.filename if err.filename is not None else "a file operation"
-    return T2IError(f"{name}: {action} ({cause}); {remedy}")
+    cause, remedy = _cause_and_remedy(err, None if err.filename is None else str(name))
+    return T2IError(f"{name}: {action} ({cause}); {remedy}" if action else f"{name}: {cause}; {remedy}")
 
 
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:

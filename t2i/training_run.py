@@ -176,7 +176,10 @@ class TrainingRun:
         advice = ["check the data (a NaN or empty embedding in the zip?)"]
         if self.precision.autocast_dtype is not None:
             advice.append("resume with --no-amp (an fp16/bf16 overflow)")
-        advice.append(f"resume with a lower --learning_rate than {self.args.g_lr or self.args.learning_rate:g}")
+        if self.args.g_lr or self.args.d_lr:
+            advice.append("resume with a lower --g_lr / --d_lr")
+        else:
+            advice.append(f"resume with a lower --learning_rate than {self.args.learning_rate:g}")
         return "Then " + ", or ".join(advice)
 
     def update_discriminators(self, d_loss: torch.Tensor, optim_d_lst: list[torch.optim.Optimizer]) -> bool:

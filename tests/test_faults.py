@@ -459,6 +459,7 @@ def test_6_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monke
     message = str(error.value)
     assert message.startswith(f"{path}: could not be written (the disk is full)") and "\n" not in message
     assert "free some space" in message
+    assert ("--keep_last" in message) == (writer == "checkpoint")  # advice only where it applies
     assert path.read_bytes() == b"the previous file"
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
 
@@ -479,7 +480,7 @@ main.main(json.loads(os.environ["ARGV"]))
     assert "Traceback" not in err and err.count("error: ") == 1  # stderr otherwise holds the progress bars
     assert err.strip().splitlines()[-1] == (f"error: {tmp_path / 'ck' / 'epoch_0_state.pt'}: could not be written "
                                             f"(the disk is full); the previous file, if any, is unchanged; free some "
-                                            f"space (or use --keep_last) and run again")
+                                            f"space and run again (--keep_last K keeps only the newest K epochs)")
     assert not [name for name in os.listdir(tmp_path / "ck") if ".tmp-" in name]
 
 
@@ -598,3 +599,11 @@ def test_10_check_submission_names_the_damage_not_state_dict_advice(tmp_path, ti
     assert {"truncated": "the file is truncated", "garbage": "not a PyTorch", "empty": "the file is empty"}[damage] \
         in problem
     assert "state_dict" not in problem
+
+
+def test_6_synthetic_data_into_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
+    import synthetic_data
+
+    fail_writes_under(monkeypatch, tmp_path / "out", errno.EROFS)
+    message = one_line_exit(synthetic_data.main, ["--out", str(tmp_path / "out"), "--num_images", "4"])
+    assert message.startswith(f"{tmp_path / 'out'}: the folder is on a read-only file system; choose a writable")
