@@ -4,8 +4,9 @@ The contract's files (`epoch_N_Gen.pt`, `epoch_N_Dis_i.pt`, `hyperparameter.pt`)
 `train_utils` with `files.atomic_save`. Beside them training keeps `epoch_N_state.pt` (optimizers, gradient
 scalers, RNG states, the raw generator when the saved one is an EMA), `mid_epoch_state.pt` (a rolling
 mid-epoch snapshot with the weights too), `run_options.json` (every option of the run, and the CLIP that
-made its data) and `loss_log.csv`; the sample grids and evaluation reports go to the result folder. Every weight file is read through
-`load_state_file`: strict, with `weights_only=True`, refusing NaN or Inf with the last clean epoch named.
+made its data) and `loss_log.csv`; the sample grids and evaluation reports go to the result folder. Every
+weight file is read through `load_state_file`: strict, with `weights_only=True`, refusing NaN or Inf with the
+last clean epoch named.
 
 Nothing here deletes or moves a file of a name training does not write (`is_run_file`): `--keep_last` prunes
 old epochs, stale temporary files are removed, and `--overwrite` moves another run's files into a

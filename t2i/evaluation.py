@@ -85,11 +85,11 @@ class Evaluator:
         num_samples = total if num_samples is None else min(num_samples, total)
         if total < IS_SPLITS:
             raise T2IError(f"{dataset.data_path}: holds {total} images, but IS uses {IS_SPLITS} splits and needs at "
-                           f"least {IS_SPLITS}; preprocess at least {IS_SPLITS} test images (raise or drop --max-images "
-                           f"of preproc_datasets_celeba_zip_test.py)")
+                           f"least {IS_SPLITS}; preprocess at least {IS_SPLITS} test images (raise or drop "
+                           f"--max-images of preproc_datasets_celeba_zip_test.py)")
         if num_samples < IS_SPLITS:
-            raise T2IError(f"{samples_flag} {num_samples}: IS uses {IS_SPLITS} splits, so at least {IS_SPLITS} images "
-                           f"are needed; pass {samples_flag} {IS_SPLITS} or more (the test zip holds {total})")
+            raise T2IError(f"{samples_flag} {num_samples}: IS uses {IS_SPLITS} splits, so at least {IS_SPLITS} "
+                           f"images are needed; pass {samples_flag} {IS_SPLITS} or more (the test zip holds {total})")
         if batch_size < 1:
             raise T2IError(f"--batch_size {batch_size}: must be at least 1")
         if clip_model is not None and clip_utils.clip_embedding_dim(clip_model) != dataset.embedding_dim:

@@ -277,8 +277,9 @@ class TrainingRun:
     # -------------------------------------------------------------------------------------- run and epochs
 
     def begin(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
-        """The checkpoint folder's bookkeeping, once the input is known to be good: stale temporary files go,
-        the options are compared with the resumed run's and written to run_options.json, the loss log opens."""
+        """The folders' bookkeeping, once the input is known to be good: stale temporary files go, the option
+        changes since the resumed run (checked by find_resume_point) are printed, the options are written to
+        run_options.json, the loss log opens."""
         folder = self.args.checkpoint_path
         for stale_folder in dict.fromkeys([folder, self.args.result_path]):
             for path in checkpoints.remove_stale_files(stale_folder):
@@ -301,7 +302,8 @@ class TrainingRun:
 
     def check_finite(self, epoch: int) -> None:
         """Refuse to save weights that hold NaN or Inf."""
-        models = [("generator", self.saved_generator()), *((f"discriminator {i}", D) for i, D in enumerate(self.D_list))]
+        models = [("generator", self.saved_generator())]
+        models += [(f"discriminator {i}", D) for i, D in enumerate(self.D_list)]
         if self.ema is not None:
             models.append(("raw generator", self.G))
         for name, model in models:

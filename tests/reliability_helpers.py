@@ -105,9 +105,11 @@ def fail_writes_under(monkeypatch, folder, code: int = errno.EROFS) -> None:
 
     monkeypatch.setattr(builtins, "open", fake_open)
     monkeypatch.setattr(io, "open", fake_open)
-    monkeypatch.setattr(os, "mkdir", lambda path, *a, **k: refuse(path) if inside(path) else real_mkdir(path, *a, **k))
+    monkeypatch.setattr(os, "mkdir",
+                        lambda path, *a, **k: refuse(path) if inside(path) else real_mkdir(path, *a, **k))
     monkeypatch.setattr(os, "replace", lambda a, b, *x, **k: refuse(b) if inside(b) else real_replace(a, b, *x, **k))
-    monkeypatch.setattr(os, "remove", lambda path, *a, **k: refuse(path) if inside(path) else real_remove(path, *a, **k))
+    monkeypatch.setattr(os, "remove",
+                        lambda path, *a, **k: refuse(path) if inside(path) else real_remove(path, *a, **k))
 
 
 def python(code: str, env: dict | None = None) -> subprocess.Popen:

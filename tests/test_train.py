@@ -309,14 +309,14 @@ def test_a_missing_resume_epoch_or_other_hyperparameters_are_refused(run, tmp_pa
     before = {name: os.path.getmtime(folder / name) for name in os.listdir(folder)}
     with pytest.raises(SystemExit, match=r"--resume_epoch 5: .* has no complete epoch 5 \(complete epochs: \[0\]\)"):
         run("src", 7, "--resume_checkpoint_path", str(folder), "--resume_epoch", "5")
-    with pytest.raises(SystemExit, match="made with other hyperparameters"):
+    with pytest.raises(SystemExit, match="--g_in_chans 128: the checkpoints to resume were made with --g_in_chans 64"):
         run("src", 2, "--resume_checkpoint_path", str(folder), "--resume_epoch", "0", "--g_in_chans", "128")
     assert {name: os.path.getmtime(folder / name) for name in os.listdir(folder)} == before
 
 
 def test_a_fresh_run_refuses_a_folder_holding_another_runs_epochs(run):
     run("taken", 1)
-    with pytest.raises(SystemExit, match="already holds epochs"):
+    with pytest.raises(SystemExit, match=r"already hold epochs \[0\] of another run"):
         run("taken", 1)
     run("taken", 1, "--overwrite")
 
