@@ -148,6 +148,22 @@ def test_inception_score_of_identical_images_is_one(inception):
     assert mean == pytest.approx(1.0, abs=1e-6) and std == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("num_1, num_2, repeats", [(10, 30, 1), (30, 10, 1), (200, 300, 1), (100, 80, 10)])
+def test_fid_cross_term_equals_torch_fidelity_formula(num_1, num_2, repeats):
+    """Fewer images than features (the factor is the centred features), more (Cholesky), and a singular
+    covariance (each image 10 times: torch-fidelity's own computation) give torch-fidelity's FID."""
+    generator = torch.Generator().manual_seed(num_1)
+    dim = 64
+    first = (torch.randn(num_1 // repeats, dim, generator=generator) * torch.rand(dim, generator=generator))
+    first = first.repeat(repeats, 1)
+    second = torch.randn(num_2, dim, generator=generator) ** 2
+    theirs = torch_fidelity.metric_fid.fid_statistics_to_metric(
+        torch_fidelity.metric_fid.fid_features_to_statistics(first),
+        torch_fidelity.metric_fid.fid_features_to_statistics(second), verbose=False)
+    ours = metrics.frechet_distance({metrics.FID_LAYER: first}, {metrics.FID_LAYER: second})
+    assert ours == pytest.approx(theirs["frechet_inception_distance"], rel=1e-7)
+
+
 def test_figures_equal_torch_fidelity_calculate_metrics_on_folders(inception_path, real_set, blurred_set, tmp_path):
     (real_images, _), (generated_images, ours) = real_set, blurred_set
     theirs = torch_fidelity.calculate_metrics(
