@@ -3,9 +3,9 @@
 FID, KID and IS use torch-fidelity's own pieces, so the figures are the reference ones (its InceptionV3 is a
 bit-exact port of the TF-Inception graph the papers used): its feature extractor `inception-v3-compat`, and
 its metric functions on the extracted features. Only the batching loop is ours, and FID's cross term
-tr(sqrtm(sigma_1 sigma_2)), computed from symmetric eigenvalue problems (the same value, seconds sooner). Features are computed once per
-image set and returned, so a caller that scores a generator again and again (training every K epochs) extracts
-the real images' features once. `tests/test_evaluate.py` checks that the figures equal those of
+tr(sqrtm(sigma_1 sigma_2)), computed from symmetric eigenvalue problems (the same value, seconds sooner).
+Features are computed once per image set and returned, so a caller that scores a generator again and again
+(training every K epochs) extracts the real images' features once. `tests/test_evaluate.py` checks that the figures equal those of
 `torch_fidelity.calculate_metrics` on the same image folders.
 
 Images enter as uint8 [N, 3, H, W] tensors (or any object whose slices are such tensors, so a dataset's images
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_inceptionv3 import (URL_INCEPTION_V3, BasicConv2d, FeatureExtractorInceptionV3,
                                                           InceptionA, InceptionB, InceptionC, InceptionD,
                                                           InceptionE_1, InceptionE_2)
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from tqdm import tqdm

@@ -94,7 +94,8 @@ def render(attributes: dict, size: int = 256) -> PIL.Image.Image:
         cx, cy = eye_x * size, EYE_Y * size
         draw.ellipse((cx - eye_radius, cy - eye_radius, cx + eye_radius, cy + eye_radius), fill=(40, 30, 30))
         if attributes["eyeglasses"]:
-            lens = (cx - LENS_HALF[0] * size, cy - LENS_HALF[1] * size, cx + LENS_HALF[0] * size, cy + LENS_HALF[1] * size)
+            half_width, half_height = LENS_HALF[0] * size, LENS_HALF[1] * size
+            lens = (cx - half_width, cy - half_height, cx + half_width, cy + half_height)
             draw.rectangle(lens, outline=GLASSES_COLOUR, width=max(1, round(0.012 * size)))
     if attributes["eyeglasses"]:
         bridge = _box((EYE_XS[0] + LENS_HALF[0], EYE_Y - 0.02, EYE_XS[1] - LENS_HALF[0], EYE_Y + 0.02), size)

@@ -44,7 +44,8 @@ def test_items_have_the_contract_shapes(train_set):
     assert [tuple(x.shape) for x in images] == [(3, 64, 64), (3, 128, 128), (3, 256, 256)]
     assert all(x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1 for x in images)
     assert img_embedding.shape == txt_embedding.shape == (512,)
-    assert torch.isclose(img_embedding.norm(), torch.tensor(1.0)) and torch.isclose(txt_embedding.norm(), torch.tensor(1.0))
+    assert torch.isclose(img_embedding.norm(), torch.tensor(1.0))
+    assert torch.isclose(txt_embedding.norm(), torch.tensor(1.0))
 
 
 def test_stage_images_are_area_downsampled_from_the_256px_image(train_set):

@@ -45,7 +45,8 @@ def test_contrastive_loss_g_uses_clip_image_features(tiny_clip_path):
     loss = train.contrastive_loss_G(images, clip_model, text, "cpu", tau=0.5)
     torch.manual_seed(1)  # the same random crop, by hand
     from train_utils import clip_preprocess, clip_transform, custom_reshape, denormalize_image
-    features = clip_model.encode_image(clip_preprocess()(custom_reshape(clip_transform(224)(denormalize_image(images)))))
+    views = custom_reshape(clip_transform(224)(denormalize_image(images)))
+    features = clip_model.encode_image(clip_preprocess()(views))
     logits = normalize(text) @ normalize(features).t() / 0.5
     expected = -0.5 * torch.log_softmax(logits, dim=1).diagonal().sum()
     torch.testing.assert_close(loss, expected)

@@ -90,8 +90,8 @@ def test_deterministic_from_seed(tmp_path):
 
 
 def test_cli_folder_variant(tmp_path):
-    synthetic_data.main(["--out", str(tmp_path), "--num_images", "5", "--num_train", "3", "--num_test", "2", "--size", "64",
-             "--image_dir", "images", "--caption_dir", "celea-caption", "--folder"])
+    synthetic_data.main(["--out", str(tmp_path), "--num_images", "5", "--num_train", "3", "--num_test", "2",
+                         "--size", "64", "--image_dir", "images", "--caption_dir", "celea-caption", "--folder"])
     root = tmp_path / "multimodal_celeba_hq"
     assert sorted(os.listdir(root / "images")) == [f"{i}.jpg" for i in range(5)]
     assert sorted(os.listdir(root / "celea-caption")) == [f"{i}.txt" for i in range(5)]
