@@ -65,6 +65,9 @@ DOWNLOAD_TIMEOUT_S = 30  # a blocked network fails within this instead of hangin
 HELD_OUT_COMBINATIONS = 30  # of the 150; the conditional benchmark's split
 DATA_SEED = 0
 NUM_PROMPTS = 3  # held-out combinations drawn for the prompt grids
+# What the demo writes in its --out_dir; a folder holding only these is a previous demo run's, removed at the start.
+OWN_ENTRIES = frozenset({"data", "checkpoints_64px", "results_64px", "checkpoints", "results", "generated", "eval",
+                         "submission_check", "submission.zip", "inception_random.pth"})
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def settings_line(sizes: Sizes) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the whole pipeline on a synthetic dataset (minutes on a CPU).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out_dir", default="demo_output", help="everything the demo writes goes here")
+    parser.add_argument("--out_dir", default="demo_output", help="everything the demo writes goes here; a previous demo run's folder is replaced")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and no download attempts (for tests)")
     parser.add_argument("--offline", action="store_true",
                         help="do not try to download CLIP or Inception weights: train a small CLIP, use a "
@@ -146,6 +149,21 @@ def with_download_timeout(load: Callable[[], object]) -> object:
         return load()
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def fresh_output_folder(out: str) -> bool:
+    """Make `out` an empty folder; True when a previous demo run was removed from it. The demo owns its folder, so
+    re-runs replace it rather than piling up main.py's previous_run_<time> set-asides; a folder holding anything
+    the demo does not write is left untouched and refused."""
+    entries = set(os.listdir(out)) if os.path.isdir(out) else set()
+    foreign = sorted(entries - OWN_ENTRIES)
+    if foreign:
+        raise DemoError(f"{out} holds files the demo does not write ({', '.join(foreign[:3])}); pass another "
+                        f"--out_dir or empty that folder")
+    if entries:
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    return bool(entries)
 
 
 def real_clip_or_reason(try_real: bool) -> str | None:
@@ -301,7 +319,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     data = os.path.join(out, "data")
     ckpt_64, results_64 = os.path.join(out, "checkpoints_64px"), os.path.join(out, "results_64px")
     ckpt, results = os.path.join(out, "checkpoints"), os.path.join(out, "results")
-    os.makedirs(data, exist_ok=True)
+    if fresh_output_folder(out):
+        print(f"removed the previous demo run in {out}")
+    os.makedirs(data)
     try_real = not (args.quick or args.offline)
     clip_reason = real_clip_or_reason(try_real)
     inception_weights, inception_reason = choose_inception(out, try_real)

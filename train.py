@@ -7,10 +7,12 @@ course flags: every other option takes its default (`t2i/options.py`).
 
 What the skeleton does not have reaches `train_step` through `run` (`t2i/training_run.py`): mixed precision,
 the EMA generator, mismatched captions, DiffAugment, non-finite steps that change nothing, progress, the loss
-log and mid-epoch snapshots. Where a line the skeleton gives had to change, a comment says why. The changes that
-make a step cost half the course's: one generator forward per iteration, the discriminators' step on detached
-fakes (no backward through G, no retain_graph), each discriminator's trunk run once per image batch and shared
-by its heads, and frozen discriminators in the generator's step.
+log and mid-epoch snapshots; under torchrun, training on several processes (`t2i/distributed.py`), with two marked
+hooks here: the contrastive negatives and the generator's noise come from the global batch. Where a line the
+skeleton gives had to change, a comment says why. The changes that make a step cost half the course's: one
+generator forward per iteration, the discriminators' step on detached fakes (no backward through G, no
+retain_graph), each discriminator's trunk run once per image batch and shared by its heads, and frozen
+discriminators in the generator's step.
 """
 from __future__ import annotations
 
@@ -26,9 +28,8 @@ from torch.optim import Adam
 from dataloader import get_dataloader
 from network import Discriminator, Generator, weight_init
 from read_dataset import ZipDataset
-from t2i import clip_utils, options
-from t2i.datasets import check_clip_matches, check_train_dataset
-from t2i.devices import resolve_device
+from t2i import clip_utils, distributed, options
+from t2i.datasets import check_train_dataset, check_training_clips
 from t2i.errors import one_line_errors
 from t2i.evaluation import make_training_evaluator, summary_line, write_report
 from t2i.image_ops import clip_view
@@ -42,6 +43,8 @@ from train_utils import (KL_divergence, clip_preprocess, denormalize_image, gath
 def contrastive_loss(features: torch.Tensor, txt_embedding: torch.Tensor, tau: float) -> torch.Tensor:
     """-tau * sum_i log( exp(sim(f_i, h_i)/tau) / sum_j exp(sim(f_j, h_i)/tau) ), sim the cosine similarity:
     each text should pick its own image out of the batch. Computed in fp32 (exp / tau overflows fp16)."""
+    # torchrun hook: the batch is the global one, every process's images and texts (t2i/distributed.py).
+    features, txt_embedding = distributed.gather_negatives(features, txt_embedding)
     logits = normalize(txt_embedding.float()) @ normalize(features.float()).t() / tau  # [text i, image j]
     return -tau * torch.diagonal(torch.log_softmax(logits, dim=1)).sum()
 
@@ -162,10 +165,12 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
 
         # Phase 1. Optimize Discriminator
         run.begin_step()
-        noise = torch.randn(BATCH_SIZE, noise_dim, device=device)
         with run.autocast():
             # One generator forward per iteration: phase 2 scores these same images (the skeleton draws anew).
-            fake_images, mu, log_sigma = model_G(txt_feature, noise)
+            # torchrun hook: z and the conditioning augmentation's eps are this process's rows of the global batch's.
+            with run.global_noise():
+                noise = torch.randn(BATCH_SIZE, noise_dim, device=device)
+                fake_images, mu, log_sigma = model_G(txt_feature, noise)
             # Detached fakes and mu: D's loss does not reach G, so no backward through G and no retain_graph.
             wrong_mu = mu.detach().roll(1, dims=0) if run.mismatch else None
             d_loss = 0
@@ -211,10 +216,11 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
 
 
 def train(args: Namespace) -> None:
-    with one_line_errors():
+    # One process, or one of those torchrun started (several GPUs or machines): t2i/distributed.py.
+    with one_line_errors(), distributed.launched() as processes:
         args = options.complete(args)  # the course's main.py passes only its own flags
         options.validate(args)
-        device = resolve_device(args.device)
+        device = processes.device(args.device)
         clip_embedding_dim = args.clip_embedding_dim  # Dimension of c_txt, default: 512 (CLIP ViT-B/32)
         projection_dim = args.projection_dim  # Dimension of \hat{c_txt} extracted from CANet, default: 128
         noise_dim = args.noise_dim  # Dimension of noise z ~ N(0, 1), default: 100
@@ -230,15 +236,17 @@ def train(args: Namespace) -> None:
         # Everything that can be wrong with the input is checked before the first file is written, so the
         # skeleton's save_hyp comes after the checks.
         resume = find_resume_point(args)
+        output_folders = check_output_folder(args, resume)  # never mixes with, or loses, another run's files
         print("Loading dataset")
         train_dataset = ZipDataset(args.train_data, num_stage)
         data_clip = check_train_dataset(train_dataset, args)
         # Only L_ConG needs CLIP (the skeleton: clip.load("ViT-B/32")); it must be the CLIP that made the data.
         clip_model = (clip_utils.load_clip_checked(args.clip_model, device, clip_embedding_dim, "--clip_embedding_dim")
                       if use_contrastive_loss else None)
-        check_clip_matches(data_clip, clip_model, f"--train_data {args.train_data}", args.allow_clip_mismatch)
+        check_training_clips(args, data_clip, clip_model, resume)
         train_loader = get_dataloader(args=args, dataset=train_dataset, is_train=True)
-        evaluator = make_training_evaluator(args, clip_model, device) if args.eval_every else None
+        evaluator = (make_training_evaluator(args, clip_model, device, data_clip) if args.eval_every and processes.main
+                     else None)
 
         G = Generator(clip_embedding_dim, projection_dim, noise_dim, g_in_chans, g_out_chans, num_stage,
                       device).to(device)
@@ -263,10 +271,9 @@ def train(args: Namespace) -> None:
         loss_fn = BCEWithLogitsLoss()
 
         run = TrainingRun(args, device, G, D_lst, optim_g, optim_d_lst)
-        os.makedirs(args.checkpoint_path, exist_ok=True)
-        os.makedirs(args.result_path, exist_ok=True)
-        check_output_folder(args, resume)
-        save_hyp(args, g_in_chans, g_out_chans, d_in_chans, d_out_chans)
+        if processes.main:  # under torchrun, process 0 alone writes files
+            output_folders.prepare()  # makes the folders (with --overwrite, moves another run's files aside first)
+            save_hyp(args, g_in_chans, g_out_chans, d_in_chans, d_out_chans)
         run.begin(resume, data_clip or (clip_model and clip_utils.clip_identity_of(clip_model)))
         samples = sample_conditions(train_dataset)
         if resume is not None:
@@ -292,14 +299,15 @@ def train(args: Namespace) -> None:
             run.check_finite(epoch)
             run.save_state(os.path.join(args.checkpoint_path, f"epoch_{epoch}_state.pt"), epoch + 1, 0,
                            with_weights=False)
-            save_model(args, run.saved_generator(), D_lst, epoch, num_stage)
-            save_sample_grid(run.saved_generator(), *samples, noise_dim,
-                             os.path.join(args.result_path, f"epoch_{epoch}.png"), device)
             figures = None
-            if evaluator is not None and (epoch + 1) % args.eval_every == 0:
-                report = os.path.join(args.result_path, f"eval_epoch_{epoch}")
-                figures = evaluator(run.saved_generator(), report + ".png")
-                write_report(report + ".json", figures)
-                print(f"Epoch {epoch} evaluation: {summary_line(figures)}")
+            if processes.main:
+                save_model(args, run.saved_generator(), D_lst, epoch, num_stage)
+                save_sample_grid(run.saved_generator(), *samples, noise_dim,
+                                 os.path.join(args.result_path, f"epoch_{epoch}.png"), device)
+                if evaluator is not None and (epoch + 1) % args.eval_every == 0:
+                    report = os.path.join(args.result_path, f"eval_epoch_{epoch}")
+                    figures = evaluator(run.saved_generator(), report + ".png")
+                    write_report(report + ".json", figures)
+                    print(f"Epoch {epoch} evaluation: {summary_line(figures)}")
             run.end_epoch(epoch, d_loss, g_loss, end_time - start_time, figures)
         print(run.summary(start_epoch))

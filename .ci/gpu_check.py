@@ -132,19 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         namespace = notebook_settings(os.path.join(tmp, "content"))
         drive = namespace["DRIVE_DIR"]
         synthetic.write_raw_dataset(drive, num_images=60, num_train=40, num_test=20, size=256, seed=0)
-        os.makedirs(namespace["OUTPUT_DIR"], exist_ok=True)
+        for folder in (namespace["OUTPUT_DIR"], os.path.dirname(namespace["LOCAL_RAW_ZIP"])):
+            os.makedirs(folder, exist_ok=True)
         for cell, command in notebook_commands():
             if command.split()[0] in ("git", "pip"):
                 continue  # the repository and its packages are here already
             if "--load_epoch" in command or "--epoch" in command:
                 epochs = checkpoints.complete_epochs(namespace["CKPT_DIR"], namespace["NUM_STAGE"])
                 namespace["EPOCH"] = epochs[-1] if epochs else 0
-            words = shlex.split(expand(command, namespace))
+            expanded = expand(command, namespace)
+            words = shlex.split(expanded)
             if words[0] in ("python", "python3"):
                 words = [python, *words[1:], *script_flags(words[1], clip_path, inception_path, device)]
                 checker.step(f"notebook cell {cell}: {' '.join(words[1:3])}", words)
-            else:
-                checker.step(f"notebook cell {cell}: {words[0]}", shlex.join(words))
+            else:  # a shell line (copies between Drive and the local disk), run as the notebook runs it
+                checker.step(f"notebook cell {cell}: {words[0]}", expanded)
 
         # 2. Training in fp32 and with AMP, and a resume.
         train_zip = namespace["LOCAL_TRAIN_ZIP"]

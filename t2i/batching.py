@@ -59,6 +59,11 @@ class EpochBatchSampler(Sampler[list[int]]):
     def steps_per_epoch(self) -> int:
         return len(self.batches())
 
+    def global_batch_size(self, step: int) -> int:
+        """Images in batch `step` of all the processes together: full batches, then what is left."""
+        size = self.batch_size * self.world_size
+        return min(size, self.dataset_size - step * size)
+
 
 def training_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool, rank: int = 0,
                     world_size: int = 1) -> DataLoader:
@@ -67,7 +72,7 @@ def training_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool
         batch_sampler=EpochBatchSampler(len(dataset), batch_size, SEED, rank, world_size),
         num_workers=num_workers,
         pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(SEED),  # worker seeds
+        generator=torch.Generator().manual_seed(SEED + rank),  # worker seeds: each process's workers their own
     )
 
 
@@ -95,6 +100,11 @@ def first_step(loader) -> int:
 def steps_per_epoch(loader) -> int:
     sampler = our_sampler(loader)
     return sampler.steps_per_epoch() if sampler is not None else len(loader)
+
+
+def global_batch_size(loader: DataLoader, step: int) -> int:
+    """Images in batch `step` of all the processes together (our loader only: several processes need it)."""
+    return our_sampler(loader).global_batch_size(step)
 
 
 def batch_to_device(batch, num_stage: int, device: torch.device, channels_last: bool = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -61,11 +62,17 @@ def precision_for(device: torch.device, amp: bool | None) -> Precision:
     return Precision(device.type, torch.bfloat16 if amp else None, False)
 
 
-def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler) -> None:
-    """Backward through `loss` (scaled) and one step of each optimizer."""
+def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
+                    reduce: Callable[[], bool] | None = None) -> bool:
+    """Backward through `loss` (scaled) and one step of each optimizer. Among several processes, `reduce` runs
+    between the two (t2i/distributed.py): it sums the gradients over the processes, and returns False, and then
+    nothing steps, when some process's loss was not finite."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if reduce is not None and not reduce():
+        return False
     for optimizer in optimizers:
         scaler.step(optimizer)
     scaler.update()
+    return True

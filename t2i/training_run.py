@@ -5,7 +5,9 @@ Per iteration: the batches (progress bar, the move to the device, skipping a bat
 with gradient scaling, DiffAugment, mismatched captions, frozen discriminators in the generator step, a
 non-finite step that changes nothing (BatchNorm statistics restored), the EMA generator, reporting (progress
 bar, loss log) and mid-epoch snapshots. Per epoch: the resume state, evaluation, the loss log and curve,
-pruning. Per run: the checkpoint folder's checks, `run_options.json`, a one-line summary.
+pruning. Per run: the checkpoint folder's checks, `run_options.json`, a one-line summary. Under torchrun, what the
+processes do together (`t2i/distributed.py`): synchronised BatchNorm, the global batch's noise and losses, summed
+gradients, every process's random streams in the resume state, files from process 0 alone.
 """
 from __future__ import annotations
 
@@ -22,13 +24,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from network import Discriminator, Generator, weight_init
-from t2i import batching, checkpoints, options, plots
+from t2i import batching, checkpoints, distributed, options, plots
 from t2i.augment import diff_augment, parse_policy
 from t2i.ema import GeneratorEMA, recompute_batchnorm
 from t2i.errors import T2IError
-from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors
+from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors, remove_file
 from t2i.loss_log import LossLog
-from t2i.nonfinite import BatchNormGuard
+from t2i.nonfinite import StepGuard
 from t2i.precision import Precision, precision_for, step_optimizers
 from t2i.resume import ResumePoint
 
@@ -76,6 +78,14 @@ class TrainingRun:
         self.optim_g, self.optim_d_list = optim_g, optim_d_list
         self.precision = precision or precision_for(device, args.amp)
         self.files = files  # False: no loss log, snapshots or summary files (a plain train_step)
+        self.processes = distributed.active()  # None: this process alone
+        self.writes = files and (self.processes is None or self.processes.main)  # under torchrun, process 0 alone
+        if self.processes is not None:
+            if args.sync_bn:
+                for model in (G, *D_list):
+                    distributed.convert_batchnorm(model)
+            self.processes.broadcast_models([G, *D_list])
+            self.processes.announce(args.batch_size)
         self.channels_last = uses_channels_last(device)
         if self.channels_last:
             for model in (G, *D_list):
@@ -88,7 +98,7 @@ class TrainingRun:
         self.ema = GeneratorEMA(G, args.ema_decay) if args.ema else None
         self.ema_statistics_at: int | None = None  # num_updates when the EMA's BatchNorm statistics were measured
         self.dataset = None  # the training set, once batches() has seen its loader
-        self.guard = BatchNormGuard([G, *D_list])
+        self.guard = StepGuard([G, *D_list], D_list, optim_d_list, [self.precision.scaler_d])
         self.num_updates = 0
         self.epoch, self.step, self.steps_in_epoch = 0, 0, 0
         self.bad_in_a_row = self.skipped = 0
@@ -109,11 +119,14 @@ class TrainingRun:
         """(step, stage images, image embedding, text embedding) on the device, under a progress bar."""
         for model in (self.G, *self.D_list):
             model.train()
-        self.dataset = loader.dataset
+        if self.processes is not None and batching.our_sampler(loader) is None:
+            raise T2IError("training under torchrun needs this package's dataloader.py (each process takes its share "
+                           "of every batch; the course's RandomSampler gives each one the whole epoch)")
+        self.dataset = getattr(loader, "dataset", None)  # a plain list of batches has none
         first = batching.first_step(loader)
         self.steps_in_epoch = batching.steps_per_epoch(loader)
         progress = tqdm(loader, desc=f"epoch {self.epoch}", total=self.steps_in_epoch, initial=first,
-                        dynamic_ncols=True, disable=not self.files)
+                        dynamic_ncols=True, disable=not self.writes)
         self.progress = progress
         for step, batch in enumerate(progress, start=first):
             images, img_feature, txt_feature = batching.batch_to_device(batch, num_stage, self.device,
@@ -122,11 +135,17 @@ class TrainingRun:
                 continue
             self.step = step
             self.components = {}
+            if self.processes is not None:
+                self.processes.start_batch(batching.global_batch_size(loader, step))
             yield step, images, img_feature, txt_feature
         progress.close()
 
     def autocast(self) -> torch.autocast:
         return self.precision.autocast()
+
+    def global_noise(self) -> contextlib.AbstractContextManager:
+        """Under torchrun, the generator's noise is this process's rows of the global batch's (t2i/distributed.py)."""
+        return self.processes.global_noise() if self.processes is not None else contextlib.nullcontext()
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """DiffAugment (--diffaugment) of a discriminator's input; the identity when off."""
@@ -158,34 +177,62 @@ class TrainingRun:
         self.guard.save()
 
     def _skip(self, what: str, loss: torch.Tensor) -> None:
-        """A non-finite loss: restore the BatchNorm statistics and count the skipped step."""
+        """A non-finite loss: undo everything the step changed (StepGuard) and count the skipped step."""
         self.guard.restore()
         self.skipped += 1
         self.bad_in_a_row += 1
-        tqdm.write(f"Warning: non-finite {what} loss ({float(loss.detach())}) at epoch {self.epoch} step {self.step}; the "
-                   f"step was skipped and changed nothing")
+        tqdm.write(f"Warning: non-finite {what} loss ({float(loss.detach())}) at epoch {self.epoch} step "
+                   f"{self.step}; the step was skipped and changed nothing")
         if self.bad_in_a_row >= self.args.max_bad_steps:
-            clean = checkpoints.last_clean_epoch(self.args.checkpoint_path, len(self.D_list)) if self.files else None
-            where = f"epoch {clean} in {self.args.checkpoint_path}" if clean is not None else "none"
             raise T2IError(f"{self.bad_in_a_row} non-finite losses in a row at epoch {self.epoch} step {self.step}; "
-                           f"training stopped. Last clean checkpoint: {where}. Check the data (a NaN embedding?), "
-                           f"or resume from it with --no-amp or a lower --learning_rate")
+                           f"training stopped. Last clean checkpoint: {self.last_clean()}. {self.remedies()}")
+
+    def last_clean(self) -> str:
+        """'epoch K in DIR': the newest epoch whose files are all finite, here or in the folder resumed from."""
+        if not self.files:
+            return "none"
+        for folder in dict.fromkeys([self.args.checkpoint_path, self.args.resume_checkpoint_path]):
+            if folder and os.path.isdir(folder):
+                clean = checkpoints.last_clean_epoch(folder, len(self.D_list))
+                if clean is not None:
+                    return f"epoch {clean} in {folder}"
+        return "none (start afresh)"
+
+    def remedies(self) -> str:
+        """What can make losses non-finite in this run, as advice (only what applies)."""
+        advice = ["check the data (a NaN or empty embedding in the zip?)"]
+        if self.precision.autocast_dtype is not None:
+            advice.append("resume with --no-amp (an fp16/bf16 overflow)")
+        if self.args.g_lr or self.args.d_lr:
+            advice.append("resume with a lower --g_lr / --d_lr")
+        else:
+            advice.append(f"resume with a lower --learning_rate than {self.args.learning_rate:g}")
+        return "Then " + ", or ".join(advice)
+
+    def _update(self, what: str, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
+                scaler: torch.amp.GradScaler) -> bool:
+        """One step of `optimizers`; False (and nothing changed) when the loss is not finite. Under torchrun every
+        process runs its backward (synchronised BatchNorm's is collective) and the gradients' all_reduce tells them
+        all whether any loss was not finite; `loss` then holds the global batch's loss."""
+        if self.processes is not None:
+            stepped = self.processes.step_optimizers(loss, optimizers, scaler)
+        elif bool(torch.isfinite(loss)):
+            stepped = step_optimizers(loss, optimizers, scaler)
+        else:
+            stepped = False
+        if not stepped:
+            self._skip(what, loss)
+        return stepped
 
     def update_discriminators(self, d_loss: torch.Tensor, optim_d_lst: list[torch.optim.Optimizer]) -> bool:
         """One step of every discriminator's optimizer; False (and nothing changed) when the loss is not finite."""
-        if not bool(torch.isfinite(d_loss)):
-            self._skip("discriminator", d_loss)
-            return False
-        step_optimizers(d_loss, optim_d_lst, self.precision.scaler_d)
-        return True
+        return self._update("discriminator", d_loss, optim_d_lst, self.precision.scaler_d)
 
     def update_generator(self, g_loss: torch.Tensor, optim_g: torch.optim.Optimizer) -> bool:
-        """One generator step and the EMA update; False when the loss is not finite. The discriminators' step of
-        this iteration, made from finite losses, is kept; every BatchNorm statistic goes back to before it."""
-        if not bool(torch.isfinite(g_loss)):
-            self._skip("generator", g_loss)
+        """One generator step and the EMA update; False when the loss is not finite, and then the whole iteration is
+        undone, the discriminators' step included (t2i/nonfinite.py)."""
+        if not self._update("generator", g_loss, [optim_g], self.precision.scaler_g):
             return False
-        step_optimizers(g_loss, [optim_g], self.precision.scaler_g)
         if self.ema is not None:
             self.ema.update(self.G, self.num_updates)
         self.num_updates += 1
@@ -201,7 +248,10 @@ class TrainingRun:
             for name, value in parts.items():
                 names.append(f"{step_name}/{name}" + (f"_{stage}" if stage != "None" else ""))
                 values.append(value.detach().float())
-        losses = dict(zip(names, torch.stack(values).tolist()))
+        values = torch.stack(values)
+        if self.processes is not None:  # the components are this process's; the log shows the global batch's
+            values = self.processes.global_values(values)
+        losses = dict(zip(names, values.tolist()))
         self.progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}")
         if self.loss_log is not None:
             self.loss_log.add(self.epoch, step, time.time() - self.epoch_started, losses)
@@ -253,12 +303,25 @@ class TrainingRun:
         }
 
     def save_state(self, path: str, epoch: int, step: int, with_weights: bool) -> None:
-        """The resume state: position, optimizers, scalers, RNG states (and, for a snapshot, the weights)."""
-        state = {"epoch": epoch, "step": step, "trainer": self.state_dict(), "rng": checkpoints.rng_states()}
+        """The resume state: position, optimizers, scalers, RNG states (and, for a snapshot, the weights), and the
+        number of processes. Refused, loudly, when any of it holds NaN or Inf: no file of a diverged run is ever
+        written. Under torchrun every process calls it (their RNG states are gathered); process 0 writes."""
+        rng = checkpoints.rng_states()
+        processes = self.processes.state_dict(rng) if self.processes is not None else None  # every process joins
+        state = {"epoch": epoch, "step": step, "trainer": self.state_dict(), "rng": rng,
+                 "world_size": distributed.world_size()}
+        if processes is not None:
+            state["processes"] = processes
         if with_weights:
             state["generator"] = self.saved_generator().state_dict()
             state["discriminators"] = [D.state_dict() for D in self.D_list]
-        atomic_save(state, path)
+        bad = nonfinite_tensors(state)
+        if bad:  # the same on every process: their weights are the same
+            raise T2IError(f"{path}: not written, {len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}) at epoch "
+                           f"{self.epoch} step {self.step}; training stopped. Last clean checkpoint: "
+                           f"{self.last_clean()}. {self.remedies()}")
+        if self.writes:
+            atomic_save(state, path)
 
     def restore(self, resume: ResumePoint) -> None:
         """Continue exactly: the raw generator, optimizers, scalers, step count and RNG states, when saved.
@@ -277,26 +340,30 @@ class TrainingRun:
         if self.ema is not None and trainer["raw_generator"] is not None:
             self.G.load_state_dict(trainer["raw_generator"])
         self.num_updates = trainer["num_updates"]
-        checkpoints.set_rng_states(state["rng"])
+        saved_world, world = state.get("world_size", 1), distributed.world_size()
+        if saved_world == world:
+            rng = state["rng"] if self.processes is None else self.processes.load_state_dict(state["processes"])
+            checkpoints.set_rng_states(rng)
+        else:  # each process keeps its fresh random streams
+            print(f"{resume.source} was made by {saved_world} process(es) and this run has {world}: it continues "
+                  f"with a global batch of {self.args.batch_size * world}, not as the run would have gone on")
 
     # -------------------------------------------------------------------------------------- run and epochs
 
     def begin(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
-        """The checkpoint folder's bookkeeping, once the input is known to be good: stale temporary files go,
-        the options are compared with the resumed run's and written to run_options.json, the loss log opens."""
+        """The folders' bookkeeping, once the input is known to be good: stale temporary files go, the option
+        changes since the resumed run (checked by find_resume_point) are printed, the options are written to
+        run_options.json, the loss log opens. Only process 0 writes."""
+        if not self.writes:
+            return
         folder = self.args.checkpoint_path
-        for path in checkpoints.remove_stale_files(folder):
-            print(f"Removed {path}, left by an interrupted save")
-        options_path = os.path.join(folder, checkpoints.RUN_OPTIONS_FILE)
+        for stale_folder in dict.fromkeys([folder, self.args.result_path]):
+            for path in checkpoints.remove_stale_files(stale_folder):
+                print(f"Removed {path}, left by an interrupted save")
+        for change in resume.changes if resume is not None else []:
+            print(f"Changed since the resumed run: {change}")
         record = {"options": options.saved_form(self.args), "clip": clip_identity}
-        if resume is not None:
-            saved_path = os.path.join(self.args.resume_checkpoint_path, checkpoints.RUN_OPTIONS_FILE)
-            if os.path.isfile(saved_path):
-                with open(saved_path) as f:
-                    saved = json.load(f)
-                for change in options.compare_with_saved(saved["options"], self.args):
-                    print(f"Changed since the resumed run: {change}")
-        atomic_write_text(options_path, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(os.path.join(folder, checkpoints.RUN_OPTIONS_FILE), json.dumps(record, indent=2) + "\n")
         log_path = os.path.join(folder, checkpoints.LOSS_LOG_FILE)
         self.loss_log = LossLog(log_path, resume.epoch if resume else None, resume.step if resume else 0)
 
@@ -310,22 +377,28 @@ class TrainingRun:
 
     def check_finite(self, epoch: int) -> None:
         """Refuse to save weights that hold NaN or Inf."""
-        for name, model in (("generator", self.saved_generator()), *((f"discriminator {i}", D)
-                                                                    for i, D in enumerate(self.D_list))):
+        models = [("generator", self.saved_generator())]
+        models += [(f"discriminator {i}", D) for i, D in enumerate(self.D_list)]
+        if self.ema is not None:
+            models.append(("raw generator", self.G))
+        for name, model in models:
             bad = nonfinite_tensors(model.state_dict())
             if bad:
-                clean = checkpoints.last_clean_epoch(self.args.checkpoint_path, len(self.D_list))
-                raise T2IError(f"epoch {epoch}: the {name} holds NaN or Inf ({bad[0]}, ...) and was not saved; the "
-                               f"last clean epoch is {clean if clean is not None else 'none'}; resume from it with "
-                               f"--no-amp or a lower --learning_rate")
+                raise T2IError(f"epoch {epoch}: the {name} holds NaN or Inf ({bad[0]}, ...), so the epoch was not "
+                               f"saved; training stopped. Last clean checkpoint: {self.last_clean()}. "
+                               f"{self.remedies()}")
 
     def end_epoch(self, epoch: int, d_loss: float, g_loss: float, seconds: float, figures: dict | None) -> None:
-        """After the epoch's files: its row in the loss log, the loss curve, and the cleanup."""
+        """After the epoch's files: its row in the loss log, the loss curve, and the cleanup. Under torchrun the
+        processes wait here for process 0's files, so none goes on while an epoch could still fail to be saved."""
+        if self.processes is not None:
+            self.processes.barrier()
+        if not self.writes:
+            return
         self.loss_log.add(epoch, "end", seconds, {"d_loss": d_loss, "g_loss": g_loss}, figures)
         plots.plot_loss_curve(self.loss_log.path, os.path.join(self.args.result_path, "loss_curve.png"))
         mid_path = os.path.join(self.args.checkpoint_path, checkpoints.MID_EPOCH_FILE)
-        if os.path.isfile(mid_path):
-            os.remove(mid_path)  # superseded by the complete epoch
+        remove_file(mid_path)  # superseded by the complete epoch
         checkpoints.prune_epochs(self.args.checkpoint_path, self.args.keep_last, len(self.D_list))
 
     def summary(self, start_epoch: int) -> str:

@@ -49,21 +49,21 @@ def test_preprocessing_encodes_in_the_cuda_layout(synthetic_raw, tiny_clip_path,
     assert dest.is_file()
 
 
-def training_argv(preprocessed_zips, tiny_clip_path, tmp_path, *extra):
-    return ["--train_data", preprocessed_zips["train"], "--batch_size", "4", "--num_epochs", "1", "--report_interval",
+def training_argv(train_zip, tiny_clip_path, tmp_path, *extra):
+    return ["--train_data", train_zip, "--batch_size", "4", "--num_epochs", "1", "--report_interval",
             "1", "--noise_dim", "8", "--projection_dim", "8", "--checkpoint_path", str(tmp_path / "ck"),
             "--result_path", str(tmp_path / "res"), "--num_stage", "3", "--use_uncond_loss", "--use_contrastive_loss",
             "--clip_model", tiny_clip_path, "--g_in_chans", "64", "--d_in_chans", "4", "--device", "cpu", *extra]
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "fp16-autocast"])
-def test_a_training_epoch_runs_as_on_cuda(preprocessed_zips, tiny_clip_path, tmp_path, monkeypatch, cuda_layout, amp):
+def test_a_training_epoch_runs_as_on_cuda(small_train_zip, tiny_clip_path, tmp_path, monkeypatch, cuda_layout, amp):
     """L_ConG backpropagates through the fp16 CLIP; with AMP under fp16 autocast with gradient scaling;
     channels-last models and batches, as on CUDA."""
     cuda_like = Precision("cpu", torch.float16 if amp else None, loss_scaling=amp)
     monkeypatch.setattr(training_run, "precision_for", lambda device, amp_flag: cuda_like)
     monkeypatch.setattr(training_run, "uses_channels_last", lambda device: True)
-    main.main(training_argv(preprocessed_zips, tiny_clip_path, tmp_path))
+    main.main(training_argv(small_train_zip, tiny_clip_path, tmp_path))
     state = torch.load(tmp_path / "ck" / "epoch_0_state.pt", weights_only=True)
     if amp:
         assert state["trainer"]["precision"]["scaler_g"]["scale"] > 0  # the scaler ran and was saved
@@ -73,9 +73,9 @@ def test_a_training_epoch_runs_as_on_cuda(preprocessed_zips, tiny_clip_path, tmp
 
 
 @pytest.fixture(scope="module")
-def trained(preprocessed_zips, tiny_clip_path, tmp_path_factory):
+def trained(small_train_zip, tiny_clip_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
-    main.main(training_argv(preprocessed_zips, tiny_clip_path, folder, "--no-ema"))
+    main.main(training_argv(small_train_zip, tiny_clip_path, folder, "--no-ema"))
     return str(folder / "ck")
 
 
@@ -111,8 +111,8 @@ def test_amp_on_a_cpu_without_bf16_is_refused_in_one_line(monkeypatch):
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (the CPU tests above reproduce these paths)")
 @pytest.mark.parametrize("amp", ["--amp", "--no-amp"])
-def test_training_on_cuda(preprocessed_zips, tiny_clip_path, tmp_path, amp):
-    argv = training_argv(preprocessed_zips, tiny_clip_path, tmp_path, amp)
+def test_training_on_cuda(small_train_zip, tiny_clip_path, tmp_path, amp):
+    argv = training_argv(small_train_zip, tiny_clip_path, tmp_path, amp)
     argv[argv.index("--device") + 1] = "cuda"
     main.main(argv)
     assert (tmp_path / "ck" / "epoch_0_Gen.pt").is_file()

@@ -4,6 +4,8 @@ import json
 import os
 import zipfile
 
+import pytest
+
 import demo
 from t2i.held_out import combination_key, split_combinations
 
@@ -64,7 +66,15 @@ def test_the_readme_quotes_the_settings_its_demo_figures_were_measured_with():
         assert demo.settings_line(demo.FULL) in f.read().replace("\n", " ")
 
 
-def test_quick_demo_is_quick(demo_quick_run):
-    # The quick mode is for the test suite and must stay small. CPU time, not wall time: a busy machine slows
-    # the wall clock but not the work.
-    assert demo_quick_run["cpu_seconds"] < 150, f"demo --quick used {demo_quick_run['cpu_seconds']:.0f} CPU s"
+def test_a_rerun_replaces_the_previous_demo_folder_and_refuses_a_foreign_one(tmp_path):
+    out = tmp_path / "out"
+    assert not demo.fresh_output_folder(str(out)) and out.is_dir()
+    (out / "checkpoints" / "previous_run_1").mkdir(parents=True)
+    (out / "submission.zip").write_bytes(b"old")
+    assert demo.fresh_output_folder(str(out))
+    assert list(out.iterdir()) == []
+    (out / "eval").mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(demo.DemoError, match="notes.txt"):
+        demo.fresh_output_folder(str(out))
+    assert sorted(path.name for path in out.iterdir()) == ["eval", "notes.txt"]

@@ -29,7 +29,8 @@ def test_writes_the_three_course_images(tmp_path, tiny_clip_path, monkeypatch, c
     checkpoint_path = make_checkpoint(tmp_path / "ck", 3)
     monkeypatch.chdir(tmp_path)
     generate_image.main(["--prompt", "The woman is young and has blond hair, and arched eyebrows.", "--load_epoch", "2",
-                         "--checkpoint_path", checkpoint_path, "--clip_model", tiny_clip_path, "--show_hyp"])
+                         "--checkpoint_path", checkpoint_path, "--clip_model", tiny_clip_path, "--show_hyp", "--device",
+                         "cpu"])
     for size in (64, 128, 256):
         with Image.open(tmp_path / f"result_{size}.png") as image:
             assert image.size == (size, size) and image.mode == "RGB"
@@ -40,7 +41,7 @@ def test_writes_the_three_course_images(tmp_path, tiny_clip_path, monkeypatch, c
 def test_seed_makes_generation_repeatable_and_num_images_makes_a_grid(tmp_path, tiny_clip_path):
     checkpoint_path = make_checkpoint(tmp_path / "ck", 2)
     common = ["--prompt", "a man with black hair", "--load_epoch", "2", "--checkpoint_path", checkpoint_path,
-              "--clip_model", tiny_clip_path, "--seed", "3"]
+              "--clip_model", tiny_clip_path, "--seed", "3", "--device", "cpu"]
     generate_image.main(common + ["--out_dir", str(tmp_path / "a")])
     generate_image.main(common + ["--out_dir", str(tmp_path / "b")])
     assert (tmp_path / "a" / "result_128.png").read_bytes() == (tmp_path / "b" / "result_128.png").read_bytes()
@@ -66,7 +67,7 @@ def test_the_text_feature_is_the_normalized_clip_text_embedding(tiny_clip_path):
 ])
 def test_bad_input_gives_one_line(tmp_path, tiny_clip_path, change, message):
     argv = ["--prompt", "a face", "--load_epoch", "2", "--checkpoint_path", make_checkpoint(tmp_path / "ck", 1),
-            "--clip_model", tiny_clip_path, "--out_dir", str(tmp_path)]
+            "--clip_model", tiny_clip_path, "--out_dir", str(tmp_path), "--device", "cpu"]
     for flag, value in zip(change[::2], change[1::2]):
         argv[argv.index(flag) + 1] = value
     with pytest.raises(SystemExit, match=message):
@@ -78,4 +79,4 @@ def test_a_clip_of_another_size_is_refused(tmp_path, tiny_clip_path):
     checkpoint_path = make_checkpoint(tmp_path / "ck", 1, clip_dim=256)
     with pytest.raises(SystemExit, match="gives 512-d embeddings but the checkpoint in .* needs 256-d"):
         generate_image.main(["--prompt", "a face", "--load_epoch", "2", "--checkpoint_path", checkpoint_path,
-                             "--clip_model", tiny_clip_path, "--out_dir", str(tmp_path)])
+                             "--clip_model", tiny_clip_path, "--out_dir", str(tmp_path), "--device", "cpu"])
