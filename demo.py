@@ -128,7 +128,8 @@ def settings_line(sizes: Sizes) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the whole pipeline on a synthetic dataset (minutes on a CPU).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out_dir", default="demo_output", help="everything the demo writes goes here; a previous demo run's folder is replaced")
+    parser.add_argument("--out_dir", default="demo_output",
+                        help="everything the demo writes goes here; a previous demo run's folder is replaced")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and no download attempts (for tests)")
     parser.add_argument("--offline", action="store_true",
                         help="do not try to download CLIP or Inception weights: train a small CLIP, use a "
@@ -243,7 +244,8 @@ def grow_to_three_stages(source: str, epoch: int, dest: str) -> None:
             raise DemoError("the 64 px run's generator is not the first stage of the 3-stage generator")
         grown.update(trained)
         atomic_save(grown, checkpoints.generator_file(dest, epoch))
-        shutil.copyfile(checkpoints.discriminator_file(source, epoch, 0), checkpoints.discriminator_file(dest, epoch, 0))
+        shutil.copyfile(checkpoints.discriminator_file(source, epoch, 0),
+                        checkpoints.discriminator_file(dest, epoch, 0))
         for stage in (1, 2):
             discriminator = checkpoints.build_discriminator(hyp, stage, "cpu")
             discriminator.apply(weight_init)

@@ -4,8 +4,8 @@ A random-weight CLIP gives a text encoder but no image-text signal: similar capt
 (the CLIP loss on generated images) means nothing. Where the pretrained ViT-B/32 cannot be loaded (offline), the
 demo and the conditional benchmark train this stand-in instead: the real `clip.model.CLIP` class, small, with the
 symmetric InfoNCE loss of CLIP, so that its caption embeddings separate the attributes and L_ConG carries the kind
-of signal the pretrained ViT-B/32 gives on CelebA. Tokenizer, 77-token context, 224 px input and 512-d embeddings are the real ones: the saved state dict
-goes through `clip_utils.load_clip`, preprocessing and training unchanged.
+of signal the pretrained ViT-B/32 gives on CelebA. Tokenizer, 77-token context, 224 px input and 512-d embeddings
+are the real ones: the saved state dict goes through `clip_utils.load_clip`, preprocessing and training unchanged.
 
 Images are shown to it through the same transform that `train.contrastive_loss_G` applies to generated 64 px
 images (bicubic resize to 224, a random crop of at least 0.99 of the side, CLIP normalisation), so it is trained
@@ -162,9 +162,9 @@ def make_trained_clip(path: str, raw: dict, test_combos: list[dict], steps: int,
                       glasses_pairs: bool = False, **train_options) -> dict:
     """Train TRAINED_CLIP on the training split of `t2i.held_out.write_raw`'s dataset `raw` (its images at
     `image_size` px; with `glasses_pairs`, in batches of eyeglasses twins; `train_options` go to train_clip) and
-    save its state dict to `path` for `clip_utils.load_clip`. Return a summary: losses, time, the top-1 retrieval accuracy of the
-    held-out combinations' test images among fresh captions of those combinations, and the caption-embedding
-    variance each attribute explains."""
+    save its state dict to `path` for `clip_utils.load_clip`. Return a summary: losses, time, the top-1 retrieval
+    accuracy of the held-out combinations' test images among fresh captions of those combinations, and the
+    caption-embedding variance each attribute explains."""
     started = time.time()
     images, captions, groups = read_raw_split(raw, "train", image_size)
     model, losses = train_clip(images, captions, groups, steps, seed=seed,

@@ -30,9 +30,9 @@ def copy_run(run: dict, tmp_path) -> str:
 
 
 def check(folder: str, run: dict, tmp_path, capsys, *extra: str) -> tuple[int, str, str]:
-    status = check_submission.main(["--checkpoint_path", folder, "--epoch", str(run["epoch"]), "--clip_model", run["clip"],
-                                    "--out_dir", str(tmp_path / "images"), "--num_images", "1", "--device", "cpu",
-                                    *extra])
+    status = check_submission.main(["--checkpoint_path", folder, "--epoch", str(run["epoch"]), "--clip_model",
+                                    run["clip"], "--out_dir", str(tmp_path / "images"), "--num_images", "1",
+                                    "--device", "cpu", *extra])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 

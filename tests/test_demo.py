@@ -16,7 +16,8 @@ def test_quick_demo_runs_end_to_end(demo_quick_run):
     last, last_64 = demo.graded_epoch(demo.QUICK), demo.QUICK.epochs_64 - 1
     expected = ["data/train_data.zip", "data/test_data.zip", "data/small_clip.pt", "checkpoints/hyperparameter.pt",
                 f"checkpoints/epoch_{last}_Gen.pt", "checkpoints/loss_log.csv", f"results/epoch_{last}.png",
-                "results/loss_curve.png", f"checkpoints_64px/epoch_{last_64}_Gen.pt", f"results_64px/epoch_{last_64}.png",
+                "results/loss_curve.png", f"checkpoints_64px/epoch_{last_64}_Gen.pt",
+                f"results_64px/epoch_{last_64}.png",
                 "generated/held_out_prompts.png", "eval/report.json", "eval/report_grid.png",
                 "submission_check/prompts.png", "submission.zip"]
     expected += [f"generated/prompt_{i + 1}/{name}" for i in range(demo.NUM_PROMPTS)
