@@ -1,15 +1,15 @@
 """Does the text control the image? A synthetic conditional benchmark through the real code path.
 
-1. Data: face-like drawings fully determined by four attributes named in every caption (hair colour,
-   background colour, skin tone, eyeglasses; `synthetic_data`), plus nuisance detail the captions never
-   mention (mouth shape, a side ornament), so a good generator has something to vary with the noise.
-   A fixed share of the 150 attribute combinations is held out: no training image shows them. The raw
-   zip and split pickles are written in the layout of Multimodal CelebA-HQ and go through `preprocess`.
+1. Data (`t2i.held_out`): face-like drawings fully determined by four attributes named in every caption (hair
+   colour, background colour, skin tone, eyeglasses), plus nuisance detail the captions never mention (mouth
+   shape, a side ornament), so a good generator has something to vary with the noise. A fixed share of the 150
+   attribute combinations is held out: no training image shows them. The raw zip and split pickles are written
+   in the layout of Multimodal CelebA-HQ and go through `preprocess`.
 2. Training: `main.main` with `--num_stage 1` (64 px), a narrow generator and discriminator, on the CPU,
    one epoch per call, resuming from the previous epoch (the real resume path), until `--num_epochs` or
    the `--minutes` budget is reached.
-3. Evaluation: `checkpoints.load_generator` and `generate_image.encode_prompt` / `generate` on captions of
-   the held-out combinations; `synthetic_data.read_attributes` reads the attributes back from the pixels.
+3. Evaluation (`t2i.attribute_score`): `checkpoints.load_generator` and `generation.encode_prompt` / `generate`
+   on captions of the held-out combinations; `synthetic.read_attributes` reads the attributes back from pixels.
    Reported: accuracy per attribute and overall, chance level, the same with the text embeddings shuffled
    between captions (a generator that ignores the text scores this), diversity across noise (mean pairwise
    pixel distance between samples of one caption, beside the same figure for real images of one
@@ -17,7 +17,7 @@
 
 The text encoder is a small CLIP (the real `clip.model.CLIP` class, tokenizer, 77-token context, 224 px input and
 512-d embeddings) trained contrastively on the training images and their captions for --train_clip_steps steps
-(`clip_training`), so that L_ConG (--lam) carries image-text signal as the pretrained CLIP does on CelebA; its
+(`t2i.clip_training`), so that L_ConG (--lam) carries image-text signal as the pretrained CLIP does on CelebA; its
 top-1 caption retrieval among the held-out combinations (on their real test images) is reported, and the share of
 the caption embeddings' variance that each attribute explains: the generator can follow only what the text
 embedding separates (after 150 steps eyeglasses explained 0.01 % of it and were never learned; after the default
@@ -38,34 +38,23 @@ time and as process CPU time (the fair figure on shared cores); the CLIP's train
 from __future__ import annotations
 
 import argparse
-import io
-import itertools
 import json
 import os
-import pickle
 import shlex
 import sys
 import tempfile
 import time
-import zipfile
 
-import numpy as np
-import PIL.Image
-import PIL.ImageDraw
 import torch
 
 import main as train_main
 import preproc_datasets_celeba_zip_train
-from benchmarks import clip_training
-from t2i import checkpoints, clip_utils, plots
-from t2i import synthetic as sd
-from t2i.generation import encode_prompt, generate
+from t2i import checkpoints, clip_utils
+from t2i.attribute_score import CHANCE, evaluate_generator, real_diversity
+from t2i.clip_training import make_trained_clip
+from t2i.generation import encode_prompt
+from t2i.held_out import ATTRIBUTES, held_out_captions, split_combinations, write_raw
 
-ATTRIBUTES = ("hair", "background", "skin", "eyeglasses")
-VALUES = {"hair": tuple(sd.HAIR_COLOURS), "background": tuple(sd.BACKGROUND_COLOURS),
-          "skin": tuple(sd.SKIN_TONES), "eyeglasses": sd.EYEGLASSES}
-CHANCE = {name: 1 / len(values) for name, values in VALUES.items()}
-CHANCE["overall"] = float(np.mean(list(CHANCE.values())))
 IMAGE_SIZE = 64
 # The benchmark's text encoder: one text layer at ViT-B/32's width, a one-layer 64-wide image tower.
 BENCH_CLIP = dict(embed_dim=512, image_resolution=224, vision_layers=1, vision_width=64, vision_patch_size=32,
@@ -79,80 +68,9 @@ BASE_TRAIN_ARGS = ("--batch_size 32 --learning_rate 1e-3 --report_interval 1000 
                    "--clip_embedding_dim 512 --num_stage 1 --use_uncond_loss --use_contrastive_loss "
                    "--clip_loss_any_size "
                    "--g_in_chans 128 --d_in_chans 16 --device cpu --num_workers 0")
-MOUTH_COLOURS = ((150, 50, 60), (120, 30, 40), (190, 80, 90), (90, 40, 40))
-ORNAMENT_COLOURS = ((250, 210, 40), (30, 30, 30), (200, 200, 200), (230, 120, 20))
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-def all_combinations() -> list[dict]:
-    return [dict(zip(ATTRIBUTES, values)) for values in itertools.product(*(VALUES[a] for a in ATTRIBUTES))]
-
-
-def combination_key(attributes: dict) -> tuple:
-    return tuple(attributes[name] for name in ATTRIBUTES)
-
-
-def split_combinations(held_out: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) combinations; every attribute value and every pair of values stays in training."""
-    combos = all_combinations()
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(len(combos))
-        test = [combos[i] for i in order[:held_out]]
-        train = [combos[i] for i in order[held_out:]]
-        seen_pairs = {(a, c[a], b, c[b]) for c in train for a, b in itertools.combinations(ATTRIBUTES, 2)}
-        if all((a, c[a], b, c[b]) in seen_pairs for c in test for a, b in itertools.combinations(ATTRIBUTES, 2)):
-            return train, test
-
-
-def render_varied(attributes: dict, rng: np.random.Generator, size: int = 256) -> PIL.Image.Image:
-    """`synthetic_data.render` plus detail no caption names: a random mouth and a side ornament.
-
-    Both stay clear of the patches `read_attributes` looks at, so the attributes read back unchanged.
-    """
-    image = sd.render(attributes, size)
-    draw = PIL.ImageDraw.Draw(image)
-    draw.rectangle(tuple(round(f * size) for f in (0.42, 0.69, 0.58, 0.74)), fill=sd.SKIN_TONES[attributes["skin"]])
-    half_width, half_height = rng.uniform(0.04, 0.10), rng.uniform(0.008, 0.03)
-    centre_y = rng.uniform(0.67, 0.76)
-    mouth = (0.5 - half_width, centre_y - half_height, 0.5 + half_width, centre_y + half_height)
-    colour = MOUTH_COLOURS[rng.integers(len(MOUTH_COLOURS))]
-    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(tuple(f * size for f in mouth), fill=colour)
-    radius = rng.uniform(0.03, 0.06)
-    centre_x = rng.uniform(0.02, 0.13) if rng.random() < 0.5 else rng.uniform(0.87, 0.98)
-    centre_y = rng.uniform(0.32, 0.68)
-    box = (centre_x - radius, centre_y - radius, centre_x + radius, centre_y + radius)
-    draw.ellipse(tuple(f * size for f in box), fill=ORNAMENT_COLOURS[rng.integers(len(ORNAMENT_COLOURS))])
-    return image
-
-
-def write_raw(out_dir: str, train_combos: list[dict], test_combos: list[dict], images_per_combo: int,
-              test_images_per_combo: int, seed: int, size: int = 256) -> dict:
-    """The raw dataset in Multimodal CelebA-HQ's layout (`image/{id}.jpg`, `celeba-caption/{id}.txt`, split
-    pickles); the train split shows only `train_combos`, the test split only `test_combos`."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(out_dir, exist_ok=True)
-    source = os.path.join(out_dir, "multimodal_celeba_hq.zip")
-    attributes, splits = {}, {"train": [], "test": []}
-    plan = [("train", c) for c in train_combos for _ in range(images_per_combo)]
-    plan += [("test", c) for c in test_combos for _ in range(test_images_per_combo)]
-    with zipfile.ZipFile(source, "w", compression=zipfile.ZIP_STORED) as archive:
-        for index in rng.permutation(len(plan)):
-            split, combo = plan[index]
-            image_id = str(len(attributes))
-            attributes[image_id] = combo
-            splits[split].append(image_id)
-            jpeg = io.BytesIO()
-            render_varied(combo, rng, size).save(jpeg, format="JPEG", quality=95)
-            archive.writestr(f"image/{image_id}.jpg", jpeg.getvalue())
-            captions = [sd.describe(combo, rng) for _ in range(10)]
-            archive.writestr(f"celeba-caption/{image_id}.txt", "\n".join(captions) + "\n")
-    for split, ids in splits.items():
-        with open(os.path.join(out_dir, f"celeba_filenames_{split}.pickle"), "wb") as f:
-            pickle.dump(ids, f)
-    return {"source": source, "attributes": attributes, "splits": splits}
-
 
 def make_benchmark_clip(path: str, seed: int = 0) -> str:
     """Write the benchmark's random-weight CLIP (BENCH_CLIP) as a state dict that clip_utils.load_clip reads."""
@@ -165,53 +83,6 @@ def make_benchmark_clip(path: str, seed: int = 0) -> str:
     return path
 
 
-def read_raw_split(raw: dict, split: str, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[list[str]], list[int]]:
-    """One split of `write_raw`'s dataset: the images at `size` px (uint8 [N, 3, size, size], Lanczos as
-    preprocessing resizes), their captions, and each image's combination as an index into all_combinations()."""
-    index = {combination_key(c): i for i, c in enumerate(all_combinations())}
-    images, captions, groups = [], [], []
-    with zipfile.ZipFile(raw["source"]) as archive:
-        for image_id in raw["splits"][split]:
-            image = PIL.Image.open(io.BytesIO(archive.read(f"image/{image_id}.jpg"))).convert("RGB")
-            images.append(np.asarray(image.resize((size, size), PIL.Image.LANCZOS)))
-            text = archive.read(f"celeba-caption/{image_id}.txt").decode()
-            captions.append([line for line in text.splitlines() if line.strip()])
-            groups.append(index[combination_key(raw["attributes"][image_id])])
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions, groups
-
-
-def make_trained_clip(path: str, raw: dict, test_combos: list[dict], steps: int, seed: int) -> dict:
-    """Train the benchmark's CLIP on the training split (clip_training) and save it; return its summary with
-    the top-1 retrieval accuracy, among fresh captions of the held-out combinations, of their test images."""
-    images, captions, groups = read_raw_split(raw, "train")
-    summary = clip_training.train_and_save(path, images, captions, groups, steps, seed)
-    test_images, _, test_groups = read_raw_split(raw, "test")
-    index = {combination_key(c): i for i, c in enumerate(all_combinations())}
-    texts, combos = held_out_captions(test_combos, 1, seed)
-    model = clip_utils.load_clip(path, "cpu")  # the saved file, as preprocessing and training will read it
-    summary["held_out_retrieval"] = clip_training.retrieval_accuracy(
-        model, test_images, test_groups, texts, [index[combination_key(c)] for c in combos])
-    summary["retrieval_chance"] = 1 / len(test_combos)
-    summary["attribute_variance_share"] = attribute_variance_share(model, seed)
-    return summary
-
-
-@torch.no_grad()
-def attribute_variance_share(clip_model: torch.nn.Module, seed: int) -> dict[str, float]:
-    """Share of the variance of caption embeddings (two paraphrases of every combination) that each attribute
-    explains: an attribute the text encoder hardly separates cannot steer the generator."""
-    captions, combos = held_out_captions(all_combinations(), 2, seed)
-    features = torch.cat([encode_prompt(clip_model, caption, torch.device("cpu")) for caption in captions]).numpy()
-    features = features - features.mean(axis=0)
-    total = float(np.mean(np.sum(features ** 2, axis=1)))
-    shares = {}
-    for name in ATTRIBUTES:
-        values = np.array([combo[name] for combo in combos])
-        means = [features[values == value].mean(axis=0) for value in VALUES[name]]
-        shares[name] = float(np.mean([np.sum(mean ** 2) for mean in means]) / total)
-    return shares
-
-
 def build_data(work_dir: str, images_per_combo: int, held_out: int, captions_per_image: int, seed: int,
                train_clip_steps: int) -> dict:
     """Raw data, CLIP (trained for `train_clip_steps`, random with 0) and the preprocessed train zip; returns
@@ -222,7 +93,7 @@ def build_data(work_dir: str, images_per_combo: int, held_out: int, captions_per
     clip_path = os.path.join(work_dir, "bench_clip.pt")
     clip_summary = None
     if train_clip_steps:
-        clip_summary = make_trained_clip(clip_path, raw, test_combos, train_clip_steps, seed)
+        clip_summary = make_trained_clip(clip_path, raw, test_combos, train_clip_steps, seed, IMAGE_SIZE)
     else:
         make_benchmark_clip(clip_path, seed)
     train_zip = os.path.join(work_dir, "train.zip")
@@ -265,58 +136,6 @@ def train(train_zip: str, clip_path: str, run_dir: str, base_args: str, train_ar
 
 # ------------------------------------------------------------------------------------------- evaluation
 
-def held_out_captions(combos: list[dict], per_combo: int, seed: int) -> tuple[list[str], list[dict]]:
-    """Fresh paraphrases (templates seen in training) of each combination."""
-    rng = np.random.default_rng(seed + 1)
-    pairs = [(sd.describe(combo, rng), combo) for combo in combos for _ in range(per_combo)]
-    return [caption for caption, _ in pairs], [combo for _, combo in pairs]
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8, the pixels the saved PNGs hold."""
-    return plots.to_uint8(images).cpu().permute(0, 2, 3, 1).numpy()
-
-
-def score_images(images: np.ndarray, targets: list[dict]) -> dict[str, float]:
-    """Share of images whose attribute read from pixels equals the target, per attribute and overall."""
-    read = [sd.read_attributes(image) for image in images]
-    scores = {name: float(np.mean([r[name] == t[name] for r, t in zip(read, targets)])) for name in ATTRIBUTES}
-    scores["overall"] = float(np.mean([scores[name] for name in ATTRIBUTES]))
-    scores["all_four"] = float(np.mean([all(r[n] == t[n] for n in ATTRIBUTES) for r, t in zip(read, targets)]))
-    return scores
-
-
-def diversity(groups: list[np.ndarray]) -> float:
-    """Mean pairwise RMS pixel distance (0..255 scale) between images of one group, averaged over groups."""
-    distances = []
-    for group in groups:
-        flat = group.reshape(len(group), -1).astype(np.float64)
-        for i, j in itertools.combinations(range(len(flat)), 2):
-            distances.append(np.sqrt(np.mean((flat[i] - flat[j]) ** 2)))
-    return float(np.mean(distances))
-
-
-def real_diversity(combos: list[dict], per_combo: int, seed: int) -> float:
-    """The diversity of real 64 px images of one combination: the figure a faithful generator approaches."""
-    rng = np.random.default_rng(seed + 2)
-    groups = [np.stack([np.asarray(render_varied(combo, rng).resize((IMAGE_SIZE, IMAGE_SIZE), PIL.Image.LANCZOS))
-                        for _ in range(per_combo)]) for combo in combos]
-    return diversity(groups)
-
-
-@torch.no_grad()
-def evaluate_generator(generator: torch.nn.Module, txt_features: torch.Tensor, targets: list[dict], noise_dim: int,
-                       samples: int, device: torch.device, seed: int = 0) -> dict:
-    """Generate `samples` images per text feature with `generate_image.generate`; score and measure diversity."""
-    torch.manual_seed(seed)
-    groups = [to_uint8(generate(generator, feature[None].to(device), noise_dim, samples, device)[-1])
-              for feature in txt_features]
-    images = np.concatenate(groups)
-    figures = score_images(images, [t for t in targets for _ in range(samples)])
-    figures["diversity"] = diversity(groups)
-    return figures
-
-
 def evaluate(checkpoint_path: str, epoch: int, clip_path: str, captions: list[str], targets: list[dict],
              samples: int, seed: int) -> dict:
     """The trained generator on the held-out captions, and the same generator with the captions shuffled."""
@@ -325,8 +144,10 @@ def evaluate(checkpoint_path: str, epoch: int, clip_path: str, captions: list[st
     clip_model = clip_utils.load_clip(clip_path, device)
     features = torch.cat([encode_prompt(clip_model, caption, device) for caption in captions])
     shuffled = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))]
-    return {"held_out": evaluate_generator(generator, features, targets, hyp["noise_dim"], samples, device, seed),
-            "text_shuffled": evaluate_generator(generator, shuffled, targets, hyp["noise_dim"], samples, device, seed)}
+    # The largest stage's figures (the only stage in the benchmark's 1-stage runs).
+    return {"held_out": evaluate_generator(generator, features, targets, hyp["noise_dim"], samples, device, seed)[-1],
+            "text_shuffled": evaluate_generator(generator, shuffled, targets, hyp["noise_dim"], samples, device,
+                                                seed)[-1]}
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -406,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_args": args.train_args, "epochs": trained["epochs"], "train_images": data["num_train_images"],
         "held_out_combinations": len(data["test_combos"]), "held_out_captions": len(captions),
         **figures, "chance": CHANCE, "clip": data["clip"],
-        "real_diversity": real_diversity(data["test_combos"], args.samples, args.seed),
+        "real_diversity": real_diversity(data["test_combos"], args.samples, args.seed, IMAGE_SIZE),
         "seconds": {"data": data["seconds"], "train": trained["seconds"], "train_cpu": trained["cpu_seconds"],
                     "evaluate": time.time() - eval_started},
         "run_dir": run_dir,

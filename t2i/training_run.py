@@ -26,13 +26,18 @@ from tqdm import tqdm
 from network import Discriminator, Generator, weight_init
 from t2i import batching, checkpoints, distributed, options, plots
 from t2i.augment import diff_augment, parse_policy
-from t2i.ema import GeneratorEMA
+from t2i.ema import GeneratorEMA, recompute_batchnorm
 from t2i.errors import T2IError
 from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors, remove_file
 from t2i.loss_log import LossLog
 from t2i.nonfinite import StepGuard
 from t2i.precision import Precision, precision_for, step_optimizers
 from t2i.resume import ResumePoint
+
+
+# The EMA generator's BatchNorm statistics are measured on this many batches of training captions and fresh noise,
+# drawn with this seed: the same batches every time, so a resumed run saves what an uninterrupted one saves.
+BATCHNORM_BATCHES, BATCHNORM_SEED = 8, 4321
 
 
 def uses_channels_last(device: torch.device) -> bool:
@@ -91,6 +96,8 @@ class TrainingRun:
         self.clip_loss_any_size = args.clip_loss_any_size
         self.augment_policy = parse_policy(args.diffaugment)
         self.ema = GeneratorEMA(G, args.ema_decay) if args.ema else None
+        self.ema_statistics_at: int | None = None  # num_updates when the EMA's BatchNorm statistics were measured
+        self.dataset = None  # the training set, once batches() has seen its loader
         self.guard = StepGuard([G, *D_list], D_list, optim_d_list, [self.precision.scaler_d])
         self.num_updates = 0
         self.epoch, self.step, self.steps_in_epoch = 0, 0, 0
@@ -115,6 +122,7 @@ class TrainingRun:
         if self.processes is not None and batching.our_sampler(loader) is None:
             raise T2IError("training under torchrun needs this package's dataloader.py (each process takes its share "
                            "of every batch; the course's RandomSampler gives each one the whole epoch)")
+        self.dataset = getattr(loader, "dataset", None)  # a plain list of batches has none
         first = batching.first_step(loader)
         self.steps_in_epoch = batching.steps_per_epoch(loader)
         progress = tqdm(loader, desc=f"epoch {self.epoch}", total=self.steps_in_epoch, initial=first,
@@ -259,8 +267,30 @@ class TrainingRun:
     # ---------------------------------------------------------------------------------------------- state
 
     def saved_generator(self) -> nn.Module:
-        """The generator whose weights become epoch_N_Gen.pt: the EMA when enabled."""
-        return self.ema.model if self.ema is not None else self.G
+        """The generator whose weights become epoch_N_Gen.pt: the EMA when enabled, with BatchNorm statistics
+        measured through the EMA itself (once per state of the weights; t2i/ema.py says why)."""
+        if self.ema is None:
+            return self.G
+        if self.ema_statistics_at != self.num_updates and self.dataset is not None:
+            # A private random stream (the caption pick and the CA's noise draw from the global one), so that
+            # training's random numbers, and an exact resume, are untouched.
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(BATCHNORM_SEED)
+                recompute_batchnorm(self.ema.model, self.batchnorm_batches())
+            self.ema_statistics_at = self.num_updates
+        return self.ema.model
+
+    def batchnorm_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """BATCHNORM_BATCHES batches of (caption embedding, noise) as training draws them: random training
+        images, one of each image's captions, N(0, I) noise; in fp32, as the graders generate."""
+        size = min(self.args.batch_size, len(self.dataset))
+        batches = []
+        for _ in range(BATCHNORM_BATCHES):
+            indices = torch.randperm(len(self.dataset))[:size].tolist()
+            text = torch.stack([torch.as_tensor(self.dataset[index][2]) for index in indices]).float()
+            noise = torch.randn(size, self.args.noise_dim)
+            batches.append((text.to(self.device), noise.to(self.device)))
+        return batches
 
     def state_dict(self) -> dict:
         """What resuming needs beyond the contract's weight files."""

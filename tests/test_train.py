@@ -344,6 +344,7 @@ def test_eval_every_logs_the_figures_with_the_losses(run, preprocessed_zips, tmp
                  "--inception_weights", inception)
     with open(folder / "loss_log.csv", newline="") as f:
         end = [row for row in csv.DictReader(f) if row["step"] == "end"][0]
-    assert float(end["fid"]) > 0 and float(end["is_mean"]) >= 1 and end["clip_score"] != ""
+    # IS is at least 1 up to rounding (exactly 1 when every image gets the same class distribution)
+    assert float(end["fid"]) > 0 and float(end["is_mean"]) >= 1 - 1e-9 and end["clip_score"] != ""
     assert (tmp_path / "eval" / "results" / "eval_epoch_0.json").exists()
     assert (tmp_path / "eval" / "results" / "eval_epoch_0.png").exists()
