@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from argparse import Namespace
@@ -41,8 +42,10 @@ def uses_channels_last(device: torch.device) -> bool:
 
 
 def adam_options(device: torch.device) -> dict:
-    """One fused kernel per step on CUDA, multi-tensor operations on a CPU: never a Python loop over tensors."""
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+    """Adam's fused kernel, on CUDA and on a CPU alike: one operation a step (on a 2-core CPU 4x faster than the
+    multi-tensor one, whose CPU version also reads every step count back with .item()), and it can skip a step
+    on the device (`found_inf`, see precision.step_optimizers)."""
+    return {"fused": True}
 
 
 def init_conditioning_mu(generator: nn.Module, std: float) -> None:
@@ -92,7 +95,10 @@ class TrainingRun:
         self.augment_policy = parse_policy(args.diffaugment)
         self.ema = GeneratorEMA(G, args.ema_decay) if args.ema else None
         self.guard = BatchNormGuard([G, *D_list])
-        self.num_updates = 0
+        self.updates = torch.zeros((), device=device)  # generator updates taken, counted on the device
+        self.d_loss: torch.Tensor | None = None  # this iteration's discriminator loss ...
+        self.d_taken: torch.Tensor | None = None  # ... and whether its step was taken (a bool on the device)
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, its two losses) not yet read by the host
         self.epoch, self.step, self.steps_in_epoch = 0, 0, 0
         self.bad_in_a_row = self.skipped = 0
         self.loss_log: LossLog | None = None
@@ -130,6 +136,7 @@ class TrainingRun:
             if self.processes is not None:
                 self.processes.start_batch(batching.global_batch_size(loader, step))
             yield step, images, img_feature, txt_feature
+        self.settle()
         progress.close()
 
     def autocast(self) -> torch.autocast:
@@ -168,52 +175,74 @@ class TrainingRun:
     def begin_step(self) -> None:
         self.guard.save()
 
-    def _skip(self, what: str, loss: torch.Tensor) -> None:
-        """A non-finite loss: restore the BatchNorm statistics and count the skipped step."""
-        self.guard.restore()
-        self.skipped += 1
-        self.bad_in_a_row += 1
-        tqdm.write(f"Warning: non-finite {what} loss ({float(loss.detach())}) at epoch {self.epoch} step {self.step}; the "
-                   f"step was skipped and changed nothing")
-        if self.bad_in_a_row >= self.args.max_bad_steps:
-            clean = checkpoints.last_clean_epoch(self.args.checkpoint_path, len(self.D_list)) if self.files else None
-            where = f"epoch {clean} in {self.args.checkpoint_path}" if clean is not None else "none"
-            raise T2IError(f"{self.bad_in_a_row} non-finite losses in a row at epoch {self.epoch} step {self.step}; "
-                           f"training stopped. Last clean checkpoint: {where}. Check the data (a NaN embedding?), "
-                           f"or resume from it with --no-amp or a lower --learning_rate")
+    # A non-finite loss skips its step on the device (precision.step_optimizers), and the host learns of it only
+    # when it reads the losses anyway (`settle`, at each report and at the end of an epoch): nothing in an
+    # iteration waits for the device.
 
-    def _update(self, what: str, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
-                scaler: torch.amp.GradScaler) -> bool:
-        """One step of `optimizers`; False (and nothing changed) when the loss is not finite. Under torchrun every
-        process runs its backward (synchronised BatchNorm's is collective) and the gradients' all_reduce tells them
-        all whether any loss was not finite; `loss` then holds the global batch's loss."""
+    def _update(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
+                also_required: torch.Tensor | None = None) -> torch.Tensor:
+        """One step of `optimizers`, skipped on the device unless the loss is finite (and `also_required`); whether
+        it was taken. Under torchrun every process runs its backward (synchronised BatchNorm's is collective) and
+        the gradients' all_reduce tells them all whether any loss was not finite; `loss` then holds the global
+        batch's loss."""
         if self.processes is not None:
-            stepped = self.processes.step_optimizers(loss, optimizers, scaler)
-        elif bool(torch.isfinite(loss)):
-            stepped = step_optimizers(loss, optimizers, scaler)
-        else:
-            stepped = False
-        if not stepped:
-            self._skip(what, loss)
-        return stepped
+            return self.processes.step_optimizers(loss, optimizers, scaler, also_required)
+        return step_optimizers(loss, optimizers, scaler, also_required=also_required)
 
-    def update_discriminators(self, d_loss: torch.Tensor, optim_d_lst: list[torch.optim.Optimizer]) -> bool:
-        """One step of every discriminator's optimizer; False (and nothing changed) when the loss is not finite."""
-        return self._update("discriminator", d_loss, optim_d_lst, self.precision.scaler_d)
+    def update_discriminators(self, d_loss: torch.Tensor, optim_d_lst: list[torch.optim.Optimizer]) -> None:
+        """One step of every discriminator's optimizer, skipped when the loss is not finite (and then the
+        generator's step of this iteration too)."""
+        self.d_loss = d_loss
+        self.d_taken = self._update(d_loss, optim_d_lst, self.precision.scaler_d)
 
-    def update_generator(self, g_loss: torch.Tensor, optim_g: torch.optim.Optimizer) -> bool:
-        """One generator step and the EMA update; False when the loss is not finite. The discriminators' step of
-        this iteration, made from finite losses, is kept; every BatchNorm statistic goes back to before it."""
-        if not self._update("generator", g_loss, [optim_g], self.precision.scaler_g):
-            return False
+    def update_generator(self, g_loss: torch.Tensor, optim_g: torch.optim.Optimizer) -> torch.Tensor:
+        """One generator step and the EMA update, taken when both of this iteration's losses are finite; otherwise
+        neither happens, and every BatchNorm statistic goes back to before the iteration (the discriminators'
+        step, made from a finite loss, is kept). Returns whether it was taken, a bool tensor on the device."""
+        taken = self._update(g_loss, [optim_g], self.precision.scaler_g, also_required=self.d_taken)
+        self.guard.restore_unless(taken)
         if self.ema is not None:
-            self.ema.update(self.G, self.num_updates)
-        self.num_updates += 1
-        self.bad_in_a_row = 0
-        return True
+            self.ema.update(self.G, self.updates, taken)
+        self.updates += taken
+        self.pending.append((self.step, torch.stack([self.d_loss.detach(), g_loss.detach()])))
+        return taken
+
+    def settle(self) -> set[int]:
+        """Read the losses of the steps since the last call back to the host (one synchronisation); report and
+        count each skipped step, and stop after --max_bad_steps in a row. Returns the skipped steps."""
+        if not self.pending:
+            return set()
+        steps = [step for step, _ in self.pending]
+        losses = torch.stack([values for _, values in self.pending]).tolist()
+        self.pending = []
+        skipped = set()
+        for step, (d_loss, g_loss) in zip(steps, losses):
+            if math.isfinite(d_loss) and math.isfinite(g_loss):
+                self.bad_in_a_row = 0
+                continue
+            what, value = ("discriminator", d_loss) if not math.isfinite(d_loss) else ("generator", g_loss)
+            skipped.add(step)
+            self.skipped += 1
+            self.bad_in_a_row += 1
+            tqdm.write(f"Warning: non-finite {what} loss ({value}) at epoch {self.epoch} step {step}; the step was "
+                       f"skipped and changed nothing")
+            if self.bad_in_a_row >= self.args.max_bad_steps:
+                clean = checkpoints.last_clean_epoch(self.args.checkpoint_path, len(self.D_list)) if self.files else None
+                where = f"epoch {clean} in {self.args.checkpoint_path}" if clean is not None else "none"
+                raise T2IError(f"{self.bad_in_a_row} non-finite losses in a row at epoch {self.epoch} step {step}; "
+                               f"training stopped. Last clean checkpoint: {where}. Check the data (a NaN embedding?), "
+                               f"or resume from it with --no-amp or a lower --learning_rate")
+        return skipped
+
+    @property
+    def num_updates(self) -> int:
+        return int(self.updates)
 
     def report(self, step: int, d_loss: torch.Tensor, g_loss: torch.Tensor) -> None:
-        """Losses to the progress bar and the loss log (the only place losses are read back to the host)."""
+        """Losses to the progress bar and the loss log (with `settle`, the only place losses are read back to the
+        host); a skipped step changed nothing and is not logged."""
+        if step in self.settle():
+            return
         names = ["d_loss", "g_loss"]
         values = [d_loss.detach().float(), g_loss.detach().float()]
         for key, parts in self.components.items():
@@ -286,7 +315,7 @@ class TrainingRun:
         self.precision.load_state_dict(trainer["precision"])
         if self.ema is not None and trainer["raw_generator"] is not None:
             self.G.load_state_dict(trainer["raw_generator"])
-        self.num_updates = trainer["num_updates"]
+        self.updates.fill_(trainer["num_updates"])
         saved_world, world = state.get("world_size", 1), distributed.world_size()
         if saved_world == world:
             rng = state["rng"] if self.processes is None else self.processes.load_state_dict(state["processes"])
