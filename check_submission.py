@@ -23,11 +23,14 @@ import torch.nn as nn
 
 from t2i import clip_utils, plots
 from t2i.checkpoints import (HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator, build_generator,
-                             describe_mismatch, discriminator_file, generator_file)
+                             clean_epoch_advice, describe_mismatch, discriminator_file, generator_file,
+                             read_run_record)
+from t2i.datasets import clip_mismatch
 from t2i.devices import resolve_device
 from t2i.errors import T2IError, one_line_errors
-from t2i.files import atomic_write, human_size, nonfinite_tensors, read_torch_file
-from t2i.generation import encode_prompt, generate, save_results
+from t2i.files import (atomic_write, human_size, make_folder, nonfinite_tensors, read_torch_file,
+                       remove_stale_temp_files)
+from t2i.generation import check_out_dir, encode_prompt, generate, save_results
 
 GRADER_PROMPTS = (
     "The woman is young and has blond hair, and arched eyebrows.",
@@ -59,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_path", required=True, help="folder with hyperparameter.pt and the epoch files")
     parser.add_argument("--epoch", type=int, required=True, help="the epoch N to submit (epoch_N_Gen.pt)")
     parser.add_argument("--clip_model", default="ViT-B/32",
-                        help="B/32, L/14, B/16, a full CLIP name, or a local CLIP state-dict file")
+                        help="B/32, L/14, B/16, a full CLIP name, or a local CLIP file (see main.py's --clip_model)")
+    parser.add_argument("--allow_clip_mismatch", action="store_true",
+                        help="accept a --clip_model other than the CLIP the checkpoint was trained with")
     parser.add_argument("--out_dir", default="submission_check", help="where the prompts' images go")
     parser.add_argument("--seed", type=int, default=0, help="noise seed for the prompt images")
     parser.add_argument("--num_images", type=int, default=4, help="images per prompt (the grid shows them all)")
@@ -106,7 +111,7 @@ def read_hyperparameters(checkpoint_path: str, result: CheckResult) -> dict | No
     return hyp
 
 
-def load_strictly(model: nn.Module, path: str, what: str, result: CheckResult) -> bool:
+def load_strictly(model: nn.Module, path: str, what: str, result: CheckResult, num_stage: int | None = None) -> bool:
     """Load `path` into `model` as the graders do (weights_only=True, strict); record a problem if it fails."""
     state = load_dict(path, result, "missing", "state dict")
     if state is None:
@@ -119,9 +124,17 @@ def load_strictly(model: nn.Module, path: str, what: str, result: CheckResult) -
         return False
     bad = nonfinite_tensors(state)
     if bad:
-        result.problem(path, f"{len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}); submit an earlier epoch")
+        advice = clean_epoch_advice([os.path.dirname(path)], num_stage, before=epoch_number(path)) \
+            if num_stage is not None else "an earlier epoch may be clean"
+        result.problem(path, f"{len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}): the run had diverged; "
+                             f"{advice}: submit that one")
         return False
     return True
+
+
+def epoch_number(path: str) -> int | None:
+    match = re.fullmatch(r"epoch_(\d+)_.*\.pt", os.path.basename(path))
+    return int(match.group(1)) if match else None
 
 
 def stray_discriminators(checkpoint_path: str, epoch: int, num_stage: int) -> list[str]:
@@ -144,6 +157,13 @@ def generate_prompts(generator: nn.Module, hyp: dict, args: argparse.Namespace, 
         result.problem(os.path.join(args.checkpoint_path, HYPERPARAMETER_FILE),
                        f"clip_embedding_dim is {hyp['clip_embedding_dim']} but --clip_model {args.clip_model} "
                        f"gives {dim}-d embeddings; the graders encode prompts with ViT-B/32 (512)")
+        return
+    record = read_run_record(args.checkpoint_path)
+    used = clip_utils.clip_identity_of(clip_model)
+    mismatch = clip_mismatch(record and record.get("clip"), f"the checkpoint in {args.checkpoint_path}", used,
+                             f"--clip_model {used['name']}")
+    if mismatch is not None and not args.allow_clip_mismatch:
+        result.problems.append(f"{mismatch} (the graders encode their prompts with ViT-B/32)")
         return
     torch.manual_seed(args.seed)
     largest = []
@@ -188,10 +208,12 @@ def check(args: argparse.Namespace) -> CheckResult:
     discriminators = [build_discriminator(hyp, stage, device) for stage in range(hyp["num_stage"])]
     print(f"Checking epoch {args.epoch} in {args.checkpoint_path} ({hyp['num_stage']} stages, "
           f"Ng {hyp['g_in_chans']}, Nd {hyp['d_in_chans']}, CLIP {hyp['clip_embedding_dim']}-d)")
-    generator_ok = load_strictly(generator, generator_file(args.checkpoint_path, args.epoch), "Generator", result)
+    num_stage = hyp["num_stage"]
+    generator_ok = load_strictly(generator, generator_file(args.checkpoint_path, args.epoch), "Generator", result,
+                                 num_stage)
     for stage, discriminator in enumerate(discriminators):
         load_strictly(discriminator, discriminator_file(args.checkpoint_path, args.epoch, stage),
-                      f"Discriminator of stage {stage}", result)
+                      f"Discriminator of stage {stage}", result, num_stage)
     for path in stray_discriminators(args.checkpoint_path, args.epoch, hyp["num_stage"]):
         result.warnings.append(f"{path}: not graded (num_stage is {hyp['num_stage']}); is {HYPERPARAMETER_FILE} "
                                f"from the same run as the weights?")
@@ -217,7 +239,9 @@ def parameter_count(model: nn.Module) -> int:
 
 def pack(paths: list[str], zip_path: str) -> None:
     """The graded files, flat, in a zip (written atomically, so a failed pack leaves nothing)."""
-    os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(zip_path))
+    make_folder(folder, "--zip")
+    remove_stale_temp_files(folder, lambda name: name == os.path.basename(zip_path))
 
     def write(f) -> None:
         # The .pt files are zip archives already: storing them costs no space and saves the compression time.
@@ -233,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     with one_line_errors():
         if args.num_images < 1:
             raise T2IError(f"--num_images {args.num_images}: must be at least 1")
+        check_out_dir(args.out_dir)
+        if args.zip is not None and os.path.isdir(args.zip):
+            raise T2IError(f"--zip {args.zip}: is a folder; give the zip's file name")
         result = check(args)
         for warning in result.warnings:
             print(f"warning: {warning}")

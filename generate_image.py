@@ -14,7 +14,7 @@ from t2i.checkpoints import load_generator, read_run_record
 from t2i.datasets import check_clip_matches
 from t2i.devices import resolve_device
 from t2i.errors import T2IError, one_line_errors
-from t2i.generation import encode_prompt, generate, save_results
+from t2i.generation import check_out_dir, encode_prompt, generate, save_results
 from train_utils import print_hyp
 
 
@@ -26,10 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_path", type=str, required=True)
     parser.add_argument("--show_hyp", action="store_true", help="print hyperparameter.pt")
     parser.add_argument("--clip_model", type=str, default="B/32",
-                        help="B/32, L/14, B/16, a full CLIP name, or a local CLIP file")
+                        help="B/32, L/14, B/16, a full CLIP name, or a local CLIP file (see main.py's --clip_model)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the noise (default: random)")
     parser.add_argument("--num_images", type=int, default=1, help="more than 1 saves grids of that many images")
-    parser.add_argument("--out_dir", type=str, default=".", help="where the PNG files go")
+    parser.add_argument("--out_dir", type=str, default=".",
+                        help="where the PNG files go (result_*.png files of another run there are replaced or removed)")
     parser.add_argument("--device", type=str, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--allow_clip_mismatch", action="store_true",
                         help="accept a --clip_model other than the CLIP the checkpoint was trained with")
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     with one_line_errors():
         if args.num_images < 1:
             raise T2IError(f"--num_images {args.num_images}: must be at least 1")
+        check_out_dir(args.out_dir)
         device = resolve_device(args.device)
         generator, hyp = load_generator(args.checkpoint_path, args.load_epoch, device)
         if args.show_hyp:
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         clip_model = clip_utils.load_clip_checked(args.clip_model, device, hyp["clip_embedding_dim"],
                                                   f"the checkpoint in {args.checkpoint_path}")
         record = read_run_record(args.checkpoint_path)
+        if record is None:
+            print(f"note: {args.checkpoint_path} has no run_options.json (not written by this package's training), so "
+                  f"the CLIP it was trained with cannot be checked against --clip_model")
         check_clip_matches(record and record.get("clip"), clip_model, f"the checkpoint in {args.checkpoint_path}",
                            args.allow_clip_mismatch)
         txt_feature = encode_prompt(clip_model, args.prompt, device)

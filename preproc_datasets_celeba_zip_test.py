@@ -1,7 +1,7 @@
 """Preprocess the test split (every caption), which evaluation scores against.
 
-    python preproc_datasets_celeba_zip_test.py --source=./multimodal_celeba_hq.zip --dest test_data.zip --emb_dim 512 \\
-    --transform=center-crop --width=256 --height=256
+    python preproc_datasets_celeba_zip_test.py --source=./multimodal_celeba_hq.zip --dest test_data.zip \\
+        --emb_dim 512 --transform=center-crop --width=256 --height=256
 
 Raw multimodal_celeba_hq.zip -> a zip of 256 px PNGs with their CLIP image and caption embeddings. The pipeline
 is shared with the other split's command: `t2i/preprocessing.py`.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from t2i.errors import one_line_errors
 from t2i.synthetic import write_raw_dataset
 
 
@@ -29,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    result = write_raw_dataset(args.out, args.num_images, args.num_train, args.num_test, args.size, args.seed,
-                               args.long_captions, args.image_dir, args.caption_dir, args.folder)
+    with one_line_errors():  # a full disk or a read-only --out: one line naming the file
+        result = write_raw_dataset(args.out, args.num_images, args.num_train, args.num_test, args.size, args.seed,
+                                   args.long_captions, args.image_dir, args.caption_dir, args.folder)
     splits = result["splits"]
     print(f"wrote {args.num_images} images to {result['paths']['source']} "
           f"({len(splits['train'])} train, {len(splits['test'])} test ids)")

@@ -29,7 +29,7 @@ from dataloader import get_dataloader
 from network import Discriminator, Generator, weight_init
 from read_dataset import ZipDataset
 from t2i import clip_utils, distributed, options
-from t2i.datasets import check_clip_matches, check_train_dataset
+from t2i.datasets import check_train_dataset, check_training_clips
 from t2i.errors import one_line_errors
 from t2i.evaluation import make_training_evaluator, summary_line, write_report
 from t2i.image_ops import clip_view
@@ -238,15 +238,17 @@ def train(args: Namespace) -> None:
         # Everything that can be wrong with the input is checked before the first file is written, so the
         # skeleton's save_hyp comes after the checks.
         resume = find_resume_point(args)
+        output_folders = check_output_folder(args, resume)  # never mixes with, or loses, another run's files
         print("Loading dataset")
         train_dataset = ZipDataset(args.train_data, num_stage)
         data_clip = check_train_dataset(train_dataset, args)
         # Only L_ConG needs CLIP (the skeleton: clip.load("ViT-B/32")); it must be the CLIP that made the data.
         clip_model = (clip_utils.load_clip_checked(args.clip_model, device, clip_embedding_dim, "--clip_embedding_dim")
                       if use_contrastive_loss else None)
-        check_clip_matches(data_clip, clip_model, f"--train_data {args.train_data}", args.allow_clip_mismatch)
+        check_training_clips(args, data_clip, clip_model, resume)
         train_loader = get_dataloader(args=args, dataset=train_dataset, is_train=True)
-        evaluator = make_training_evaluator(args, clip_model, device) if args.eval_every and processes.main else None
+        evaluator = (make_training_evaluator(args, clip_model, device, data_clip) if args.eval_every and processes.main
+                     else None)
 
         G = Generator(clip_embedding_dim, projection_dim, noise_dim, g_in_chans, g_out_chans, num_stage,
                       device).to(device)
@@ -271,10 +273,8 @@ def train(args: Namespace) -> None:
         loss_fn = BCEWithLogitsLoss()
 
         run = TrainingRun(args, device, G, D_lst, optim_g, optim_d_lst)
-        os.makedirs(args.checkpoint_path, exist_ok=True)
-        os.makedirs(args.result_path, exist_ok=True)
-        check_output_folder(args, resume)
         if processes.main:  # under torchrun, process 0 alone writes files
+            output_folders.prepare()  # makes the folders (with --overwrite, moves another run's files aside first)
             save_hyp(args, g_in_chans, g_out_chans, d_in_chans, d_out_chans)
         run.begin(resume, data_clip or (clip_model and clip_utils.clip_identity_of(clip_model)))
         samples = sample_conditions(train_dataset)

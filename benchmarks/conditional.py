@@ -76,7 +76,8 @@ BENCH_CLIP = dict(embed_dim=512, image_resolution=224, vision_layers=1, vision_w
 # lr 1e-3, not the course's 2e-4: the narrow generator's output layer starts at N(0, 0.02) weights on 8
 # channels and needs thousands of 2e-4 steps just to reach full contrast.
 BASE_TRAIN_ARGS = ("--batch_size 32 --learning_rate 1e-3 --report_interval 1000 --noise_dim 100 --projection_dim 128 "
-                   "--clip_embedding_dim 512 --num_stage 1 --use_uncond_loss --use_contrastive_loss --clip_loss_any_size "
+                   "--clip_embedding_dim 512 --num_stage 1 --use_uncond_loss --use_contrastive_loss "
+                   "--clip_loss_any_size "
                    "--g_in_chans 128 --d_in_chans 16 --device cpu --num_workers 0")
 MOUTH_COLOURS = ((150, 50, 60), (120, 30, 40), (190, 80, 90), (90, 40, 40))
 ORNAMENT_COLOURS = ((250, 210, 40), (30, 30, 30), (200, 200, 200), (230, 120, 20))

@@ -4,8 +4,13 @@ The contract's files (`epoch_N_Gen.pt`, `epoch_N_Dis_i.pt`, `hyperparameter.pt`)
 `train_utils` with `files.atomic_save`. Beside them training keeps `epoch_N_state.pt` (optimizers, gradient
 scalers, RNG states, the raw generator when the saved one is an EMA), `mid_epoch_state.pt` (a rolling
 mid-epoch snapshot with the weights too), `run_options.json` (every option of the run, and the CLIP that
-made its data) and `loss_log.csv`. Every weight file is read through `load_state_file`: strict, with
-`weights_only=True`, refusing NaN or Inf with the last clean epoch named.
+made its data) and `loss_log.csv`; the sample grids and evaluation reports go to the result folder. Every
+weight file is read through `load_state_file`: strict, with `weights_only=True`, refusing NaN or Inf with the
+last clean epoch named.
+
+Nothing here deletes or moves a file of a name training does not write (`is_run_file`): `--keep_last` prunes
+old epochs, stale temporary files are removed, and `--overwrite` moves another run's files into a
+`previous_run_<time>/` subfolder (`move_aside`) rather than mixing or deleting them.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import json
 import os
 import random
 import re
+import shutil
+import time
 
 import numpy as np
 import torch
@@ -21,7 +28,8 @@ import torch.nn as nn
 
 from network import Discriminator, Generator
 from t2i.errors import T2IError
-from t2i.files import nonfinite_tensors, read_torch_file, remove_stale_temp_files
+from t2i.files import (make_folder, move_file, nonfinite_tensors, read_torch_file, remove_file,
+                       remove_stale_temp_files, write_error)
 
 HYPERPARAMETER_FILE = "hyperparameter.pt"
 MID_EPOCH_FILE = "mid_epoch_state.pt"
@@ -33,6 +41,10 @@ HYPERPARAMETER_KEYS = ("clip_embedding_dim", "projection_dim", "noise_dim", "num
 # Every name training writes into a checkpoint folder (the only names it ever deletes or cleans up after).
 OUR_NAMES = re.compile(r"epoch_\d+_(Gen|Dis_\d+|state)\.pt|hyperparameter\.pt|mid_epoch_state\.pt|"
                        r"run_options\.json|loss_log\.csv")
+# Every name training (and evaluate.py's default report) writes into a result folder.
+RESULT_NAMES = re.compile(r"epoch_\d+\.png|loss_curve\.png|eval_epoch_\d+(_grid)?\.(json|png)")
+EPOCH_OF_NAME = re.compile(r"(eval_)?epoch_(?P<epoch>\d+)[_.].*")
+PREVIOUS_RUN_PREFIX = "previous_run_"
 
 
 def generator_file(checkpoint_path: str, epoch: int) -> str:
@@ -48,12 +60,60 @@ def state_file(checkpoint_path: str, epoch: int) -> str:
 
 
 def is_our_file(name: str) -> bool:
+    """A name training writes into a checkpoint folder."""
     return OUR_NAMES.fullmatch(name) is not None
 
 
-def remove_stale_files(checkpoint_path: str) -> list[str]:
-    """Temporary files that interrupted saves of ours left in `checkpoint_path` (never other files)."""
-    return remove_stale_temp_files(checkpoint_path, is_our_file)
+def is_run_file(name: str) -> bool:
+    """A name a training run writes into its checkpoint or result folder (the only names it ever moves or deletes)."""
+    return is_our_file(name) or RESULT_NAMES.fullmatch(name) is not None
+
+
+def epoch_of_name(name: str) -> int | None:
+    """The epoch a run file belongs to (epoch_3_Gen.pt, epoch_3.png, eval_epoch_3.json: 3), None for the others."""
+    match = EPOCH_OF_NAME.fullmatch(name)
+    return int(match.group("epoch")) if match else None
+
+
+def run_files(folder: str) -> list[str]:
+    """The names of run files in `folder` (not in its subfolders), sorted."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(name for name in os.listdir(folder)
+                  if is_run_file(name) and os.path.isfile(os.path.join(folder, name)))
+
+
+def remove_stale_files(folder: str) -> list[str]:
+    """Temporary files that interrupted saves of ours left in `folder` (never other files)."""
+    return remove_stale_temp_files(folder, is_run_file)
+
+
+def previous_run_folder(folders: list[str]) -> str:
+    """A subfolder name `previous_run_<time>` free in every one of `folders`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name, count = f"{PREVIOUS_RUN_PREFIX}{stamp}", 1
+    while any(os.path.exists(os.path.join(folder, name)) for folder in folders):
+        count += 1
+        name = f"{PREVIOUS_RUN_PREFIX}{stamp}_{count}"
+    return name
+
+
+def move_aside(folder: str, subfolder: str, moved: list[str], copied: list[str] = ()) -> str:
+    """Move the files `moved` of `folder` into `folder/subfolder` (and copy `copied` there, files the continuing
+    run keeps using); return the subfolder's path. Each move is a rename: a kill in between leaves every file
+    whole, in one place or the other."""
+    target = os.path.join(folder, subfolder)
+    make_folder(target)
+    for name in copied:
+        source = os.path.join(folder, name)
+        if os.path.isfile(source):
+            try:
+                shutil.copy2(source, os.path.join(target, name))
+            except OSError as err:
+                raise write_error(os.path.join(target, name), err) from None
+    for name in moved:
+        move_file(os.path.join(folder, name), os.path.join(target, name))
+    return target
 
 
 def complete_epochs(checkpoint_path: str, num_stage: int) -> list[int]:
@@ -128,18 +188,31 @@ def epoch_of(path: str) -> int | None:
 
 
 def last_clean_epoch(checkpoint_path: str, num_stage: int, before: int | None = None) -> int | None:
-    """The newest complete epoch (older than `before`) whose weight files hold only finite numbers."""
+    """The newest complete epoch (older than `before`) whose files (weights, and the training state when there is
+    one) all read and hold only finite numbers: one that generation, evaluation and resume accept."""
     for epoch in reversed(complete_epochs(checkpoint_path, num_stage)):
         if before is not None and epoch >= before:
             continue
         paths = [generator_file(checkpoint_path, epoch)]
         paths += [discriminator_file(checkpoint_path, epoch, stage) for stage in range(num_stage)]
+        if os.path.isfile(state_file(checkpoint_path, epoch)):
+            paths.append(state_file(checkpoint_path, epoch))
         try:
             if not any(nonfinite_tensors(read_torch_file(path, "checkpoint", "")) for path in paths):
                 return epoch
         except T2IError:
             continue
     return None
+
+
+def clean_epoch_advice(folders: list[str], num_stage: int, before: int | None = None) -> str:
+    """'the newest clean epoch is 3 in DIR' (looking in each folder in turn), or that there is none."""
+    for folder in dict.fromkeys(folders):
+        if folder and os.path.isdir(folder):
+            clean = last_clean_epoch(folder, num_stage, before)
+            if clean is not None:
+                return f"the newest clean epoch is {clean} in {folder}"
+    return "no clean epoch is left to go back to"
 
 
 def load_state_file(module: nn.Module, path: str, num_stage: int | None = None) -> None:
@@ -153,12 +226,18 @@ def load_state_file(module: nn.Module, path: str, num_stage: int | None = None) 
     except RuntimeError:
         raise T2IError(f"{path}: made with other hyperparameters than this model ({describe_mismatch(module, state)}); "
                        f"compare {HYPERPARAMETER_FILE} with the flags") from None
+    refuse_nonfinite(state, path, num_stage)
+
+
+def refuse_nonfinite(state: object, path: str, num_stage: int | None) -> None:
+    """A T2IError naming `path` and the newest clean epoch beside it when `state` holds NaN or Inf."""
     bad = nonfinite_tensors(state)
     if bad:
-        folder, epoch = os.path.dirname(path), epoch_of(path)
-        clean = last_clean_epoch(folder, num_stage, before=epoch) if num_stage is not None else None
-        advice = f"the newest clean epoch there is {clean}" if clean is not None else "no earlier epoch there is clean"
-        raise T2IError(f"{path}: {len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}); the run diverged; {advice}")
+        epoch = epoch_of(path)
+        advice = (clean_epoch_advice([os.path.dirname(path)], num_stage, before=epoch) if num_stage is not None
+                  else "use an earlier epoch")
+        raise T2IError(f"{path}: {len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}): the run had diverged when "
+                       f"it was saved; {advice}: use that one")
 
 
 def load_weights(G: nn.Module, D_list: list[nn.Module], checkpoint_path: str, epoch: int) -> None:
@@ -210,6 +289,14 @@ def read_training_state(path: str) -> dict:
     return state
 
 
+def read_clean_training_state(path: str, num_stage: int) -> dict:
+    """`read_training_state`, refusing NaN or Inf (weights of a snapshot, optimizer moments) with the newest
+    clean epoch named."""
+    state = read_training_state(path)
+    refuse_nonfinite(state, path, num_stage)
+    return state
+
+
 def prune_epochs(checkpoint_path: str, keep_last: int, num_stage: int) -> list[str]:
     """Delete the files this training wrote for all but the newest `keep_last` complete epochs, and stale
     temporary files of ours. Only the exact names training writes are removed (never hyperparameter.pt, never
@@ -223,6 +310,6 @@ def prune_epochs(checkpoint_path: str, keep_last: int, num_stage: int) -> list[s
         paths.append(generator_file(checkpoint_path, epoch))  # last: the epoch stops counting as complete
         for path in paths:
             if os.path.isfile(path):
-                os.remove(path)
+                remove_file(path)
                 removed.append(path)
     return removed

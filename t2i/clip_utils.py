@@ -7,10 +7,11 @@ Three things are handled here and nowhere else:
   stand-in `pkg_resources` module, holding only the real `packaging` library, sits in `sys.modules`; the
   stand-in is removed again at once, so nothing else ever sees it.
 * `clip.load(path)` cannot read a plain state-dict file with current torch. `load_clip()` reads every file
-  itself: a plain state dict (read with `weights_only=True`), or OpenAI's own download, a TorchScript archive
-  (read with `torch.jit.load`, which can hold code: only its weights are used, so give it files from OpenAI).
-  A CLIP name such as `ViT-B/32` is downloaded by openai-clip into its cache (`~/.cache/clip`) and read the
-  same way.
+  itself: a plain state dict (read with `weights_only=True`, which runs nothing), or OpenAI's own download, a
+  TorchScript archive (a zip with a `code/` folder), read with `torch.jit.load`. TorchScript loads the code the
+  archive holds, so a TorchScript file is as trusted as a program: give only files from OpenAI (only the
+  weights are used). A CLIP name such as `ViT-B/32` is downloaded by openai-clip into its cache
+  (`~/.cache/clip`, checked against its SHA256) and read the same way; a damaged cached file is named.
 * The dtype layout: on CUDA, openai-clip's own half layout (`clip.model.convert_weights`: convolutions, linear
   layers, attention and the two projections in fp16; LayerNorms stay fp32, since CLIP's LayerNorm computes in
   fp32). A model cast whole with `.half()` fails in both encoders outside autocast ("expected scalar type
@@ -26,6 +27,7 @@ import hashlib
 import os
 import sys
 import types
+import warnings
 import zipfile
 from types import ModuleType
 
@@ -109,16 +111,30 @@ def read_clip_weights(path: str) -> dict:
     return state
 
 
-def _download(name: str) -> str:
-    """The cached file of CLIP model `name`, downloaded by openai-clip (with its SHA256 check) when missing."""
+def clip_cache_path(name: str) -> str:
+    """Where openai-clip keeps the download of CLIP model `name`."""
     clip = import_clip()
-    cache = os.path.expanduser("~/.cache/clip")
+    return os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(clip.clip._MODELS[name]))
+
+
+def _download(name: str) -> str:
+    """The cached file of CLIP model `name`, downloaded by openai-clip (with its SHA256 check) when missing or
+    damaged (an interrupted download leaves a short file, which the check catches and downloads again)."""
+    clip = import_clip()
+    cached = clip_cache_path(name)
+    damaged = os.path.isfile(cached)  # a good cached file is returned without a download attempt
     try:
-        return clip.clip._download(clip.clip._MODELS[name], cache)
+        with warnings.catch_warnings():  # openai-clip warns about a bad checksum; the error below says it
+            warnings.simplefilter("ignore")
+            return clip.clip._download(clip.clip._MODELS[name], os.path.dirname(cached))
     except Exception as err:
-        raise T2IError(f"--clip_model {name}: not in the cache {cache} (or the cached file is damaged) and could "
-                       f"not be downloaded ({type(err).__name__}: {err}); connect to the internet, or pass a "
-                       f"local CLIP file") from None
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if damaged and os.path.isfile(cached):
+            raise T2IError(f"{cached}: the cached CLIP {name} is damaged (its SHA256 does not match: an "
+                           f"interrupted download) and could not be downloaded again ({reason}); delete it and run "
+                           f"again online, or pass a local CLIP file as --clip_model") from None
+        raise T2IError(f"--clip_model {name}: not in the cache {os.path.dirname(cached)} and could not be "
+                       f"downloaded ({reason}); connect to the internet, or pass a local CLIP file") from None
 
 
 def load_clip(name_or_path: str, device: torch.device | str = "cpu") -> torch.nn.Module:

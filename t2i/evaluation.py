@@ -1,6 +1,7 @@
 """Scoring a generator on the preprocessed test split: FID, KID and IS (torch-fidelity) and CLIP score.
 
-Used by `evaluate.py` (a checkpoint) and by training every `--eval_every` epochs (the generator in memory). One image is generated per test image, from one of its captions; the caption, the noise and the conditioning
+Used by `evaluate.py` (a checkpoint) and by training every `--eval_every` epochs (the generator in memory). One
+image is generated per test image, from one of its captions; the caption, the noise and the conditioning
 augmentation's draw all come from `--seed`, so two runs (same seed and batch size) score the same images, and a
 `--num_samples` estimate draws a seeded subset of the test images, each with the caption and noise it gets in
 the full run. FID and KID compare the generated images with
@@ -28,9 +29,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from network import Generator
-from t2i import clip_utils, plots
+from t2i import clip_utils, metrics, plots
+from t2i.datasets import check_clip_matches, check_same_clip
 from t2i.errors import T2IError
-from t2i.files import atomic_write_text
+from t2i.files import atomic_write_text, make_folder
 from t2i.metrics import (IS_SPLITS, clip_image_embeddings, clip_score, fidelity_metrics, inception_features,
                          load_inception)
 from t2i.plots import to_uint8
@@ -78,15 +80,17 @@ class Evaluator:
 
     def __init__(self, dataset: ZipDataset, *, num_samples: int | None = None, batch_size: int = 64,
                  device: torch.device | str = "cpu", clip_model: nn.Module | None = None,
-                 inception_weights: str | None = None, seed: int = 0, progress: bool = True):
+                 inception_weights: str | None = None, seed: int = 0, progress: bool = True,
+                 samples_flag: str = "--num_samples"):
         total = len(dataset)
         num_samples = total if num_samples is None else min(num_samples, total)
         if total < IS_SPLITS:
-            raise T2IError(f"{dataset.data_path}: holds {total} images, but IS uses {IS_SPLITS} splits and "
-                                  f"needs at least {IS_SPLITS}")
+            raise T2IError(f"{dataset.data_path}: holds {total} images, but IS uses {IS_SPLITS} splits and needs at "
+                           f"least {IS_SPLITS}; preprocess at least {IS_SPLITS} test images (raise or drop "
+                           f"--max-images of preproc_datasets_celeba_zip_test.py)")
         if num_samples < IS_SPLITS:
-            raise T2IError(f"--num_samples {num_samples}: IS uses {IS_SPLITS} splits, so at least "
-                                  f"{IS_SPLITS} images are needed")
+            raise T2IError(f"{samples_flag} {num_samples}: IS uses {IS_SPLITS} splits, so at least {IS_SPLITS} "
+                           f"images are needed; pass {samples_flag} {IS_SPLITS} or more (the test zip holds {total})")
         if batch_size < 1:
             raise T2IError(f"--batch_size {batch_size}: must be at least 1")
         if clip_model is not None and clip_utils.clip_embedding_dim(clip_model) != dataset.embedding_dim:
@@ -181,34 +185,56 @@ class Evaluator:
             embeddings = clip_image_embeddings(self.clip_model, images, self.batch_size, self.progress)
             figures["clip_score"] = clip_score(embeddings, self.text_embeddings)
         if grid_path is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(grid_path)), exist_ok=True)
+            make_folder(os.path.dirname(os.path.abspath(grid_path)))
             shown = range(min(GRID_IMAGES, self.num_samples))
             captions = [self.dataset.captions_of(int(self.indices[i]))[int(self.captions[i])] for i in shown]
             plots.save_image_grid(images[:len(shown)].float() / 127.5 - 1, grid_path, ncol=GRID_COLUMNS,
                                   captions=captions if any(captions) else None)
         figures.update(num_samples=self.num_samples, seed=self.seed, generated_size=generated_size,
-                       eval_size=self.image_size, seconds=round(time.time() - started, 1))
+                       eval_size=self.image_size, seconds=round(time.time() - started, 1),
+                       clip=clip_utils.clip_identity_of(self.clip_model) if self.clip_model is not None else None,
+                       test_data_clip=self.dataset.settings.get("clip"))
         return figures
 
 
 def write_report(path: str, report: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(path)))
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
-def make_training_evaluator(args: Namespace, clip_model: nn.Module | None, device: torch.device) -> Evaluator:
+def make_training_evaluator(args: Namespace, clip_model: nn.Module | None, device: torch.device,
+                            train_clip: dict | None = None) -> Evaluator:
     """The test-split evaluator for --eval_every, built once: the test zip, Inception and the real images'
-    features are loaded a single time for the whole run."""
+    features are loaded a single time for the whole run. The test zip must come from the train zip's CLIP."""
     dataset = load_test_dataset(args.eval_data, args.clip_embedding_dim)
+    check_same_clip(dataset.settings.get("clip"), f"--eval_data {args.eval_data}", train_clip,
+                    f"the CLIP of --train_data {args.train_data}", args.allow_clip_mismatch)
+    check_clip_matches(dataset.settings.get("clip"), clip_model, f"--eval_data {args.eval_data}",
+                       args.allow_clip_mismatch)
     return Evaluator(dataset, num_samples=args.eval_samples, batch_size=args.batch_size, device=device,
-                     clip_model=clip_model, inception_weights=args.inception_weights, seed=0)
+                     clip_model=clip_model, inception_weights=args.inception_weights, seed=0,
+                     samples_flag="--eval_samples")
+
+
+def _spread(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def summary_line(figures: dict) -> str:
-    clip_part = ""
-    if figures["clip_score"] is not None:
-        clip_part = f" | CLIP {figures['clip_score']:.2f} (real {figures['clip_score_real']:.2f})"
-    return (f"FID {figures['fid']:.2f} | KID {figures['kid_mean']:.4f} ± {figures['kid_std']:.4f} | "
-            f"IS {figures['is_mean']:.3f} ± {figures['is_std']:.3f}{clip_part} | {figures['num_samples']} images")
+    """Every figure with the number of images it was measured on, and a caveat where it is biased or not
+    measured (the full sentences are in the report's `caveats`)."""
+    n_gen = figures.get("fid_num_generated", figures["num_samples"])
+    n_real = figures.get("fid_num_real", figures["num_samples"])
+    fid_note = "; biased below 2048: compare at equal sizes" if min(n_gen, n_real) < metrics.FID_FEATURES else ""
+    kid_note = "; spread not measured: the subsets are the whole sets" if figures["kid_std"] is None else ""
+    splits = figures.get("is_splits", IS_SPLITS)
+    parts = [f"FID {figures['fid']:.2f} ({n_gen} vs {n_real} images{fid_note})",
+             f"KID {figures['kid_mean']:.4f} ± {_spread(figures['kid_std'], 4)} "
+             f"(subsets of {figures.get('kid_subset_size', min(n_gen, n_real))}{kid_note})",
+             f"IS {figures['is_mean']:.3f} ± {_spread(figures['is_std'], 3)} ({n_gen} images, {splits} splits)"]
+    if figures.get("clip_score") is not None:
+        real = figures.get("clip_score_real")
+        parts.append(f"CLIP {figures['clip_score']:.2f} ({n_gen} images; real {_spread(real, 2)})")
+    return " | ".join(parts)
 
 

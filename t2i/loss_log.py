@@ -2,8 +2,8 @@
 
 One row per report interval and one per epoch (step = 'end', the epoch's means), with every loss component by
 name (`D/d_loss_real_cond_0`: the discriminator step's real-image conditional term at stage 0; `G/kl`: the
-generator step's KL term; ...) and, for evaluated epochs, the evaluation figures. A resumed run drops the rows of the part it redoes. `plots.plot_loss_curve`
-draws the file as loss_curve.png.
+generator step's KL term; ...) and, for evaluated epochs, the evaluation figures. A resumed run drops the rows
+of the part it redoes. `plots.plot_loss_curve` draws the file as loss_curve.png.
 """
 from __future__ import annotations
 

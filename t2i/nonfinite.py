@@ -1,13 +1,23 @@
 """A training step whose loss is not finite changes nothing.
 
 One NaN caption embedding, or one fp16 overflow on a T4, makes a step's losses non-finite. Skipping its update
-is not enough: the forward passes have already written NaN into the BatchNorm running statistics, and every
-later checkpoint would draw garbage in eval mode (what the graders run). `BatchNormGuard` keeps a copy of
-every BatchNorm buffer taken before the step and puts it back when the step is skipped.
+is not enough:
+
+* the forward passes have already written NaN into the BatchNorm running statistics, and every later
+  checkpoint would draw garbage in eval mode (what the graders run);
+* the discriminators step before the generator's loss is known (the skeleton's order): when only the
+  generator's loss is non-finite, the discriminators' weights, Adam moments and gradient scaler have moved
+  already.
+
+`StepGuard` copies all of that before each step (into one flat buffer per dtype, allocated once: about the
+discriminators' size three times over, 1.4 GB for the course's model on a T4) and puts it back when the step is
+skipped, so the skipped step leaves the models, optimizers, scalers and the EMA exactly as they were.
 
 Whether a step was skipped is known on the device only (`precision.step_optimizers`): reading it on the host
-would make the host wait for the device twice an iteration. So the copy goes back on the device: a select
-between the live and the saved statistics, done on all of them at once.
+would make the host wait for the device twice an iteration. So the copy goes back on the device, as a select
+between the live and the saved values of every guarded tensor at once (a few operations per step, whatever the
+number of layers). That needs every tensor to exist before the first step: `create_optimizer_state` and
+`StepGuard` make the Adam states and the scalers' tensors up front, as their first step would.
 """
 from __future__ import annotations
 
@@ -15,35 +25,104 @@ import torch
 import torch.nn as nn
 
 
-class BatchNormGuard:
-    """Snapshots the BatchNorm running statistics of some models, and puts them back on the device when a step
-    was not taken. The buffers are grouped by dtype and shape kind (the [C] statistics, the scalar counters), so
-    each direction is a few operations whatever the number of layers."""
+def _batchnorm_buffers(models: list[nn.Module]) -> list[torch.Tensor]:
+    return [buffer for model in models for module in model.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) for buffer in module.buffers()]
 
-    def __init__(self, models: list[nn.Module]):
-        buffers = [buffer for model in models for module in model.modules()
-                   if isinstance(module, nn.modules.batchnorm._BatchNorm) for buffer in module.buffers()]
-        groups: dict[tuple[torch.dtype, bool], list[torch.Tensor]] = {}
-        for buffer in buffers:
-            groups.setdefault((buffer.dtype, buffer.dim() == 0), []).append(buffer)
-        self.groups = list(groups.values())
-        self.saved = [self._flat(group) for group in self.groups]
 
-    @staticmethod
-    def _flat(group: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-        """One 1-D tensor of a group's values (scalars stacked, vectors concatenated)."""
-        join = torch.stack if group[0].dim() == 0 else torch.cat
-        return join(group) if out is None else join(group, out=out)
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer can skip a step on the device (it takes `found_inf`, as fused Adam does)."""
+    return getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+@torch.no_grad()
+def create_optimizer_state(optimizers: list[torch.optim.Optimizer]) -> None:
+    """Give each optimizer that skips on the device its state now, as its first step would make it: one step on
+    zero gradients that is skipped (`found_inf`), which leaves Adam's moments at zero and its step count at 0,
+    the same numbers as no state at all. (A skipped first step would otherwise create state that no copy taken
+    before it can undo.)"""
+    for optimizer in optimizers:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p not in optimizer.state]
+        if not params or not skips_on_device(optimizer):
+            continue
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.found_inf = torch.ones((), device=params[0].device)  # as torch.amp.GradScaler.step hands it
+        optimizer.step()
+        del optimizer.found_inf
+        for p in params:
+            p.grad = None
+
+
+def _flat_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor's memory (channels-last weights included), in memory order."""
+    if not (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError("StepGuard: a guarded tensor is neither contiguous nor channels-last")
+    return tensor.as_strided((tensor.numel(),), (1,))
+
+
+class StepGuard:
+    """Everything a training step can change before its last loss is known: the BatchNorm statistics of
+    `models`, and the parameters, optimizer states and gradient scalers that step before that (`stepped`,
+    `optimizers`: the discriminators'), plus `scalers` (both: a skipped step must not back their scale off).
+    `save()` before the step; `restore_unless(taken)` after it."""
+
+    def __init__(self, models: list[nn.Module], stepped: list[nn.Module], optimizers: list[torch.optim.Optimizer],
+                 scalers: list[torch.amp.GradScaler] = ()):
+        self.fixed = _batchnorm_buffers(models) + [p for model in stepped for p in model.parameters()]
+        self.optimizers = optimizers
+        self.scalers = [scaler for scaler in scalers if scaler.is_enabled()]
+        device = self.fixed[0].device if self.fixed else torch.device("cpu")
+        for scaler in self.scalers:
+            scaler.scale(torch.zeros((), device=device))  # makes its scale and growth tensors, as a first step does
+        self.layout: tuple | None = None
+        self.groups: list[tuple[list[torch.Tensor], torch.Tensor, tuple[torch.Tensor, ...]]] = []
+        self.state_sizes: list[int] = []
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return [value for optimizer in self.optimizers for group in optimizer.param_groups for p in group["params"]
+                for value in optimizer.state.get(p, {}).values() if isinstance(value, torch.Tensor)]
+
+    def _scaler_tensors(self) -> list[torch.Tensor]:
+        return [tensor for scaler in self.scalers for tensor in (scaler._scale, scaler._growth_tracker)
+                if tensor is not None]
+
+    def _lay_out(self) -> None:
+        """Group the guarded tensors by dtype and device: per group, 1-D views of them, one flat buffer of their
+        saved values, and its parts."""
+        by_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for tensor in self.fixed + self._state_tensors() + self._scaler_tensors():
+            by_kind.setdefault((tensor.dtype, tensor.device), []).append(_flat_view(tensor))
+        self.groups = []
+        for views in by_kind.values():
+            saved = torch.cat(views)
+            self.groups.append((views, saved, saved.split([view.numel() for view in views])))
 
     @torch.no_grad()
     def save(self) -> None:
-        for group, saved in zip(self.groups, self.saved):
-            self._flat(group, out=saved)
+        # Optimizer states can still appear at a first step (an optimizer that skips on the host) and load_state_dict
+        # replaces an optimizer's state dict: either re-lays the copy out.
+        layout = (tuple((id(optimizer.state), len(optimizer.state)) for optimizer in self.optimizers),
+                  tuple(id(tensor) for tensor in self._scaler_tensors()))
+        if layout != self.layout:
+            self.layout = layout
+            self._lay_out()
+        else:
+            for views, saved, _ in self.groups:
+                torch.cat(views, out=saved)
+        self.state_sizes = [len(optimizer.state) for optimizer in self.optimizers]
 
     @torch.no_grad()
     def restore_unless(self, taken: torch.Tensor) -> None:
-        """Put the saved statistics back unless `taken` (a bool tensor on the device) is true."""
-        for group, saved in zip(self.groups, self.saved):
-            kept = torch.where(taken, self._flat(group), saved)
-            parts = kept.unbind() if group[0].dim() == 0 else kept.split([buffer.numel() for buffer in group])
-            torch._foreach_copy_(group, parts)
+        """Put everything back as `save()` found it unless `taken` (a bool tensor on the device) is true; nothing
+        is read back to the host (but at the first step of an optimizer that skips on the host, whose state that
+        step created)."""
+        for views, saved, parts in self.groups:
+            torch.where(taken, torch.cat(views), saved, out=saved)
+            torch._foreach_copy_(views, parts)
+        grown = [(optimizer, had) for optimizer, had in zip(self.optimizers, self.state_sizes)
+                 if len(optimizer.state) != had]
+        if grown and not bool(taken):
+            for optimizer, had in grown:
+                for p in list(optimizer.state)[had:]:
+                    del optimizer.state[p]  # state the undone step created

@@ -67,8 +67,9 @@ OPTIONS: tuple[Option, ...] = (
 
     Option("g_in_chans", 1024, "Ng, generator width", MODEL, MUST_MATCH, int),
     Option("d_in_chans", 64, "Nd, discriminator width", MODEL, MUST_MATCH, int),
-    Option("clip_model", "ViT-B/32", "CLIP name, or a local CLIP file; must be the CLIP that made the data",
-           MODEL, REPORT, str),
+    Option("clip_model", "ViT-B/32", "CLIP name, or a local CLIP file: a state dict, or OpenAI's TorchScript "
+           "download (read with torch.jit.load, which loads the code inside: give only OpenAI's files); must be the "
+           "CLIP that made the data", MODEL, REPORT, str),
     Option("ca_init_std", 3.0, "init std of the conditioning-augmentation weights that give mu "
            "(0.02: weight_init's, the course's)", MODEL, REPORT, float),
 
@@ -107,8 +108,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_bad_steps", 5, "stop after this many non-finite losses in a row", RUN, IGNORE, int),
     Option("allow_clip_mismatch", False, "accept a --clip_model other than the CLIP that preprocessed the data",
            RUN, IGNORE),
-    Option("overwrite", False, "allow a fresh run into a checkpoint folder that already holds epochs", RUN,
-           IGNORE),
+    Option("overwrite", False, "let a fresh run use folders that hold another run's files, or a resume of epoch K "
+           "replace later epochs: those files are first moved into previous_run_<time>/ inside their folder "
+           "(nothing is deleted)", RUN, IGNORE),
 
     Option("eval_every", 0, "evaluate FID/IS/KID/CLIP score every K epochs (0: off)", EVALUATION, IGNORE, int),
     Option("eval_data", None, "preprocessed test zip for --eval_every", EVALUATION, IGNORE, str),

@@ -1,4 +1,7 @@
-"""PNG output that people look at: image grids (with captions under the images) and loss curves."""
+"""PNG output that people look at: image grids (with captions under the images) and loss curves.
+
+Every PNG is written atomically (`files.atomic_write`): a kill or a full disk never leaves half an image under
+the final name, and a failed write is one line naming the file."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
+
+from t2i.files import atomic_write  # noqa: E402
 
 
 
@@ -28,7 +33,8 @@ def save_image_grid(images: torch.Tensor, path: str, ncol: int, captions: list[s
     images = to_uint8(images).cpu()
     if not captions:
         grid = make_grid(images, nrow=ncol, padding=2, pad_value=255)
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+        picture = Image.fromarray(grid.permute(1, 2, 0).numpy())
+        atomic_write(path, lambda f: picture.save(f, format="PNG"))
         return
     size = images.shape[-1]
     font = ImageFont.load_default()
@@ -44,7 +50,7 @@ def save_image_grid(images: torch.Tensor, path: str, ncol: int, captions: list[s
         canvas.paste(Image.fromarray(image.permute(1, 2, 0).numpy()), (x, y))
         for line_number, line in enumerate(wrapped):
             draw.text((x, y + size + 2 + line_number * line_height), line, fill="black", font=font)
-    canvas.save(path)
+    atomic_write(path, lambda f: canvas.save(f, format="PNG"))
 
 
 def plot_loss_curve(csv_path: str, png_path: str) -> None:
@@ -83,5 +89,7 @@ def plot_loss_curve(csv_path: str, png_path: str) -> None:
             axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(png_path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

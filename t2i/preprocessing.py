@@ -43,7 +43,8 @@ from tqdm import tqdm
 from t2i import clip_utils
 from t2i.devices import resolve_device
 from t2i.errors import T2IError
-from t2i.files import remove_stale_temp_files, temp_path, write_error
+from t2i.files import (atomic_write_text, make_folder, os_error, remove_file, remove_stale_temp_files, temp_path,
+                       write_error)
 from t2i.image_ops import clip_normalize, encode_png, random_crop_resize
 from t2i.zip_dataset import EMBEDDINGS_MEMBER, JSON_MEMBER
 
@@ -77,7 +78,8 @@ def course_options(split: str) -> Callable:
         click.option("--height", type=int, default=256, show_default=True, help="output height"),
         click.option("--emb_dim", type=int, default=512, show_default=True,
                      help="CLIP embedding size (512 for ViT-B/32)"),
-        click.option("--clip_model", default="ViT-B/32", show_default=True, help="CLIP name or a local CLIP file"),
+        click.option("--clip_model", default="ViT-B/32", show_default=True,
+                     help="CLIP name or a local CLIP file (see main.py's --clip_model: a TorchScript file runs code)"),
         click.option("--num_captions", type=int, default=default_captions,
                      help=f"captions kept per image (default: {default_captions or 'all'})"),
         click.option("--batch_size", type=int, default=64, show_default=True, help="images per CLIP encoding batch"),
@@ -175,7 +177,8 @@ def read_split_ids(path: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ image handling
 
-def make_transform(transform: str, width: int, height: int, resize_filter: str) -> Callable[[PIL.Image.Image], np.ndarray]:
+def make_transform(transform: str, width: int, height: int, resize_filter: str
+                   ) -> Callable[[PIL.Image.Image], np.ndarray]:
     """Center crop to the output aspect ratio, then resize to width x height: PIL image -> [H, W, 3] uint8."""
     resample = RESIZE_FILTERS[resize_filter]
     aspect = 1.0 if transform == "center-crop" else width / height
@@ -265,7 +268,10 @@ class PreprocessedZipWriter:
         self.emb_dim = emb_dim
         self.settings = settings or {}
         self.temp_path = temp_path(path)
-        self.archive = zipfile.ZipFile(self.temp_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        try:
+            self.archive = zipfile.ZipFile(self.temp_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        except OSError as err:  # a read-only or vanished folder
+            raise write_error(path, err) from None
         self.names: list[str] = []
         self.ids: list[str] = []
         self.img_emb: list[np.ndarray] = []
@@ -365,8 +371,10 @@ class Summary:
     long_captions: int = 0
     truncated_parts: int = 0
     skipped: int = 0
+    missing: list[str] = field(default_factory=list)   # split ids without an image or caption file
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    problems_file: str | None = None                   # where the full lists went
 
 
 def _load_sample(source: RawSource, image_id: str, transform: Callable, seed: int, num_captions: int | None) -> Sample:
@@ -417,25 +425,49 @@ def open_dataset(source_path: str, split: str, split_dir: str | None, max_images
                        f"{source.path}; check that the pickle belongs to this dataset")
     if missing:
         print(f"warning: {len(missing)} of {len(ids)} {split} ids have no image or caption in {source.path} "
-              f"(first: {', '.join(missing[:5])}); continuing with {len(present)}", file=sys.stderr)
+              f"(first: {', '.join(missing[:5])}; the full list goes to DEST{PROBLEMS_SUFFIX}); continuing with "
+              f"{len(present)}", file=sys.stderr)
+    source.missing_ids = missing
     return source, present[:max_images] if max_images is not None else present, len(missing)
 
 
-def open_dest(dest: str, overwrite: bool, protected: list[str], emb_dim: int, settings: dict
-              ) -> PreprocessedZipWriter:
-    """The writer of the output zip, after the checks that keep the input safe: --dest may not be a folder, an
-    existing file (unless --overwrite), or one of the `protected` inputs (the raw zip, the split pickles), even
-    with --overwrite. Temporary files of earlier interrupted runs for this --dest are removed."""
+def protected_inputs(source: str, split_dir: str | None) -> list[str]:
+    """The files preprocessing reads and must never replace: the raw dataset and both split lists."""
+    protected = [source]
+    for split in DEFAULT_NUM_CAPTIONS:
+        try:
+            protected.append(find_split_file(split, source, split_dir))
+        except T2IError:
+            pass
+    return protected
+
+
+def check_dest(dest: str, overwrite: bool, protected: list[str]) -> None:
+    """--dest may not be a folder, an existing file (unless --overwrite), or one of the `protected` inputs (the raw
+    zip, the split pickles) under any name (a relative path, a symbolic or hard link), even with --overwrite."""
     if os.path.isdir(dest):
         raise T2IError(f"--dest {dest}: is a folder; pass a zip file name")
     real_dest = os.path.realpath(dest)
-    if any(os.path.exists(path) and os.path.realpath(path) == real_dest for path in protected):
+
+    def same(path: str) -> bool:  # the same path through links, or the same file under another name (a hard link)
+        if not os.path.exists(path):
+            return False
+        return os.path.realpath(path) == real_dest or (os.path.exists(dest) and os.path.samefile(path, dest))
+
+    if any(same(path) for path in protected):
         raise T2IError(f"--dest {dest}: is an input of this run (the raw dataset or a split list); choose another "
                        f"file name, such as train_data.zip")
     if os.path.exists(dest) and not overwrite:
         raise T2IError(f"--dest {dest}: already exists; choose another name, or pass --overwrite to replace it")
+
+
+def open_dest(dest: str, overwrite: bool, protected: list[str], emb_dim: int, settings: dict
+              ) -> PreprocessedZipWriter:
+    """The writer of the output zip, after the checks that keep the input safe (`check_dest`). Temporary files of
+    earlier interrupted runs for this --dest are removed."""
+    check_dest(dest, overwrite, protected)
     folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder, "--dest")
     for path in remove_stale_temp_files(folder, lambda name: name == os.path.basename(dest)):
         print(f"Removed {path}, left by an interrupted run")
     return PreprocessedZipWriter(dest, emb_dim, settings)
@@ -452,7 +484,9 @@ def run(args: Namespace, split: str) -> Summary:
             raise T2IError(f"--{name} {getattr(args, name)}: must be at least 1")
     device = resolve_device(args.device)
     source, ids, num_missing = open_dataset(args.source, split, args.split_dir, args.max_images)
+    protected = protected_inputs(args.source, args.split_dir)
     try:
+        check_dest(args.dest, args.overwrite, protected)  # before the work, not only before the write
         model = clip_utils.load_clip(args.clip_model, device)
         clip_dim = clip_utils.clip_embedding_dim(model)
         if clip_dim != args.emb_dim:
@@ -462,9 +496,8 @@ def run(args: Namespace, split: str) -> Summary:
                     "seed": args.seed, "num_captions": args.num_captions, "transform": args.transform,
                     "width": args.width, "height": args.height, "resize_filter": args.resize_filter,
                     "crop_ratio": CROP_RATIO, "format_version": FORMAT_VERSION}
-        protected = [args.source, find_split_file(split, args.source, args.split_dir)]
         transform = make_transform(args.transform, args.width, args.height, args.resize_filter)
-        summary = Summary(skipped=num_missing)
+        summary = Summary(skipped=num_missing, missing=list(getattr(source, "missing_ids", [])))
         start = time.time()
         with open_dest(args.dest, args.overwrite, protected, clip_dim, settings) as writer, \
                 ThreadPoolExecutor(args.num_workers) as pool, \
@@ -504,9 +537,27 @@ def run(args: Namespace, split: str) -> Summary:
                 raise T2IError(f"--source {args.source}: none of the {len(ids)} selected images could be read "
                                f"(first: {summary.failed[0]})")
         summary.seconds = time.time() - start
+        summary.problems_file = write_problems(summary, args.dest)
         return summary
     finally:
         source.close()
+
+
+PROBLEMS_SUFFIX = ".problems.txt"
+SHOWN_FAILURES = 3
+
+
+def write_problems(summary: Summary, dest: str) -> str | None:
+    """Every id skipped and every image that failed, one a line, in DEST.problems.txt (None when there is
+    none, and an older list of that name, from an earlier run, is removed)."""
+    path = dest + PROBLEMS_SUFFIX
+    if not summary.failed and not summary.missing:
+        remove_file(path)
+        return None
+    lines = [f"unreadable\t{failure}" for failure in summary.failed]
+    lines += [f"no image or caption\t{image_id}" for image_id in summary.missing]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def format_summary(summary: Summary, dest: str) -> str:
@@ -518,12 +569,19 @@ def format_summary(summary: Summary, dest: str) -> str:
         text += f" ({summary.truncated_parts} parts still too long, truncated)"
     text += f"; skipped {summary.skipped} ids without image or caption; failed {len(summary.failed)} unreadable"
     if summary.failed:
-        text += f" (first: {summary.failed[0]})"
+        shown = "; ".join(summary.failed[:SHOWN_FAILURES])
+        more = f"; and {len(summary.failed) - SHOWN_FAILURES} more" if len(summary.failed) > SHOWN_FAILURES else ""
+        text += f" ({shown}{more})"
+    if summary.problems_file:
+        text += f"; full list in {summary.problems_file}"
     return text
 
 
 def convert(split: str, **values) -> Summary:
     """The body of the preprocessing commands: `values` are convert_dataset's options; prints the summary."""
-    summary = run(Namespace(**values), split)
+    try:
+        summary = run(Namespace(**values), split)
+    except OSError as err:  # one not met where a file is written (a vanished source, a lost drive)
+        raise os_error(err) from None
     print(format_summary(summary, values["dest"]))
     return summary

@@ -29,9 +29,9 @@ from t2i import batching, checkpoints, distributed, options, plots
 from t2i.augment import diff_augment, parse_policy
 from t2i.ema import GeneratorEMA
 from t2i.errors import T2IError
-from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors
+from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors, remove_file
 from t2i.loss_log import LossLog
-from t2i.nonfinite import BatchNormGuard
+from t2i.nonfinite import StepGuard, create_optimizer_state
 from t2i.precision import Precision, precision_for, step_optimizers
 from t2i.resume import ResumePoint
 
@@ -94,7 +94,8 @@ class TrainingRun:
         self.clip_loss_any_size = args.clip_loss_any_size
         self.augment_policy = parse_policy(args.diffaugment)
         self.ema = GeneratorEMA(G, args.ema_decay) if args.ema else None
-        self.guard = BatchNormGuard([G, *D_list])
+        create_optimizer_state([optim_g, *optim_d_list])
+        self.guard = StepGuard([G, *D_list], D_list, optim_d_list, [self.precision.scaler_d, self.precision.scaler_g])
         self.updates = torch.zeros((), device=device)  # generator updates taken, counted on the device
         self.d_loss: torch.Tensor | None = None  # this iteration's discriminator loss ...
         self.d_taken: torch.Tensor | None = None  # ... and whether its step was taken (a bool on the device)
@@ -175,6 +176,28 @@ class TrainingRun:
     def begin_step(self) -> None:
         self.guard.save()
 
+    def last_clean(self) -> str:
+        """'epoch K in DIR': the newest epoch whose files are all finite, here or in the folder resumed from."""
+        if not self.files:
+            return "none"
+        for folder in dict.fromkeys([self.args.checkpoint_path, self.args.resume_checkpoint_path]):
+            if folder and os.path.isdir(folder):
+                clean = checkpoints.last_clean_epoch(folder, len(self.D_list))
+                if clean is not None:
+                    return f"epoch {clean} in {folder}"
+        return "none (start afresh)"
+
+    def remedies(self) -> str:
+        """What can make losses non-finite in this run, as advice (only what applies)."""
+        advice = ["check the data (a NaN or empty embedding in the zip?)"]
+        if self.precision.autocast_dtype is not None:
+            advice.append("resume with --no-amp (an fp16/bf16 overflow)")
+        if self.args.g_lr or self.args.d_lr:
+            advice.append("resume with a lower --g_lr / --d_lr")
+        else:
+            advice.append(f"resume with a lower --learning_rate than {self.args.learning_rate:g}")
+        return "Then " + ", or ".join(advice)
+
     # A non-finite loss skips its step on the device (precision.step_optimizers), and the host learns of it only
     # when it reads the losses anyway (`settle`, at each report and at the end of an epoch): nothing in an
     # iteration waits for the device.
@@ -197,8 +220,8 @@ class TrainingRun:
 
     def update_generator(self, g_loss: torch.Tensor, optim_g: torch.optim.Optimizer) -> torch.Tensor:
         """One generator step and the EMA update, taken when both of this iteration's losses are finite; otherwise
-        neither happens, and every BatchNorm statistic goes back to before the iteration (the discriminators'
-        step, made from a finite loss, is kept). Returns whether it was taken, a bool tensor on the device."""
+        neither happens and the whole iteration is undone on the device, the discriminators' step included
+        (t2i/nonfinite.py). Returns whether it was taken, a bool tensor on the device."""
         taken = self._update(g_loss, [optim_g], self.precision.scaler_g, also_required=self.d_taken)
         self.guard.restore_unless(taken)
         if self.ema is not None:
@@ -227,11 +250,8 @@ class TrainingRun:
             tqdm.write(f"Warning: non-finite {what} loss ({value}) at epoch {self.epoch} step {step}; the step was "
                        f"skipped and changed nothing")
             if self.bad_in_a_row >= self.args.max_bad_steps:
-                clean = checkpoints.last_clean_epoch(self.args.checkpoint_path, len(self.D_list)) if self.files else None
-                where = f"epoch {clean} in {self.args.checkpoint_path}" if clean is not None else "none"
                 raise T2IError(f"{self.bad_in_a_row} non-finite losses in a row at epoch {self.epoch} step {step}; "
-                               f"training stopped. Last clean checkpoint: {where}. Check the data (a NaN embedding?), "
-                               f"or resume from it with --no-amp or a lower --learning_rate")
+                               f"training stopped. Last clean checkpoint: {self.last_clean()}. {self.remedies()}")
         return skipped
 
     @property
@@ -284,12 +304,10 @@ class TrainingRun:
 
     def save_state(self, path: str, epoch: int, step: int, with_weights: bool) -> None:
         """The resume state: position, optimizers, scalers, RNG states (and, for a snapshot, the weights), and the
-        number of processes. Under torchrun every process calls it (their RNG states are gathered); process 0
-        writes."""
+        number of processes. Refused, loudly, when any of it holds NaN or Inf: no file of a diverged run is ever
+        written. Under torchrun every process calls it (their RNG states are gathered); process 0 writes."""
         rng = checkpoints.rng_states()
         processes = self.processes.state_dict(rng) if self.processes is not None else None  # every process joins
-        if not self.writes:
-            return
         state = {"epoch": epoch, "step": step, "trainer": self.state_dict(), "rng": rng,
                  "world_size": distributed.world_size()}
         if processes is not None:
@@ -297,7 +315,13 @@ class TrainingRun:
         if with_weights:
             state["generator"] = self.saved_generator().state_dict()
             state["discriminators"] = [D.state_dict() for D in self.D_list]
-        atomic_save(state, path)
+        bad = nonfinite_tensors(state)
+        if bad:  # the same on every process: their weights are the same
+            raise T2IError(f"{path}: not written, {len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}) at epoch "
+                           f"{self.epoch} step {self.step}; training stopped. Last clean checkpoint: "
+                           f"{self.last_clean()}. {self.remedies()}")
+        if self.writes:
+            atomic_save(state, path)
 
     def restore(self, resume: ResumePoint) -> None:
         """Continue exactly: the raw generator, optimizers, scalers, step count and RNG states, when saved.
@@ -327,14 +351,15 @@ class TrainingRun:
     # -------------------------------------------------------------------------------------- run and epochs
 
     def begin(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
-        """The checkpoint folder's bookkeeping, once the input is known to be good: stale temporary files go,
-        the options that changed since the resumed run are reported and the options written to
+        """The folders' bookkeeping, once the input is known to be good: stale temporary files go, the option
+        changes since the resumed run (checked by find_resume_point) are printed, the options are written to
         run_options.json, the loss log opens. Only process 0 writes."""
         if not self.writes:
             return
         folder = self.args.checkpoint_path
-        for path in checkpoints.remove_stale_files(folder):
-            print(f"Removed {path}, left by an interrupted save")
+        for stale_folder in dict.fromkeys([folder, self.args.result_path]):
+            for path in checkpoints.remove_stale_files(stale_folder):
+                print(f"Removed {path}, left by an interrupted save")
         for change in resume.changes if resume is not None else []:
             print(f"Changed since the resumed run: {change}")
         record = {"options": options.saved_form(self.args), "clip": clip_identity}
@@ -352,14 +377,16 @@ class TrainingRun:
 
     def check_finite(self, epoch: int) -> None:
         """Refuse to save weights that hold NaN or Inf."""
-        for name, model in (("generator", self.saved_generator()), *((f"discriminator {i}", D)
-                                                                    for i, D in enumerate(self.D_list))):
+        models = [("generator", self.saved_generator())]
+        models += [(f"discriminator {i}", D) for i, D in enumerate(self.D_list)]
+        if self.ema is not None:
+            models.append(("raw generator", self.G))
+        for name, model in models:
             bad = nonfinite_tensors(model.state_dict())
             if bad:
-                clean = checkpoints.last_clean_epoch(self.args.checkpoint_path, len(self.D_list))
-                raise T2IError(f"epoch {epoch}: the {name} holds NaN or Inf ({bad[0]}, ...) and was not saved; the "
-                               f"last clean epoch is {clean if clean is not None else 'none'}; resume from it with "
-                               f"--no-amp or a lower --learning_rate")
+                raise T2IError(f"epoch {epoch}: the {name} holds NaN or Inf ({bad[0]}, ...), so the epoch was not "
+                               f"saved; training stopped. Last clean checkpoint: {self.last_clean()}. "
+                               f"{self.remedies()}")
 
     def end_epoch(self, epoch: int, d_loss: float, g_loss: float, seconds: float, figures: dict | None) -> None:
         """After the epoch's files: its row in the loss log, the loss curve, and the cleanup. Under torchrun the
@@ -371,8 +398,7 @@ class TrainingRun:
         self.loss_log.add(epoch, "end", seconds, {"d_loss": d_loss, "g_loss": g_loss}, figures)
         plots.plot_loss_curve(self.loss_log.path, os.path.join(self.args.result_path, "loss_curve.png"))
         mid_path = os.path.join(self.args.checkpoint_path, checkpoints.MID_EPOCH_FILE)
-        if os.path.isfile(mid_path):
-            os.remove(mid_path)  # superseded by the complete epoch
+        remove_file(mid_path)  # superseded by the complete epoch
         checkpoints.prune_epochs(self.args.checkpoint_path, self.args.keep_last, len(self.D_list))
 
     def summary(self, start_epoch: int) -> str:

@@ -5,6 +5,7 @@ Two processes at batch B must train as one process at batch 2B: the same losses 
 torchrun: process 0's files are the contract's and load in the course's generate_image.py, a run killed mid-epoch
 resumes to the uninterrupted run's weights, and a failing process stops the run with one line naming it.
 """
+import glob
 import os
 import re
 import shutil
@@ -308,6 +309,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(straight_ru
     assert "was made by 2 process(es) and this run has 1: an epoch cannot go on mid-way" in output
     assert "this run has 1: it continues with a global batch of 4" in output
     assert checkpoints.complete_epochs(os.path.join(elsewhere, "checkpoints"), 3) == [0, 1]
+    # The snapshot it could not use is kept, set aside where --overwrite would have put it.
+    set_aside = glob.glob(os.path.join(elsewhere, "checkpoints", "previous_run_*", checkpoints.MID_EPOCH_FILE))
+    assert len(set_aside) == 1 and checkpoints.read_training_state(set_aside[0])["world_size"] == 2
 
 
 def test_a_failing_process_stops_the_run_with_one_line_naming_it(preprocessed_zips, tiny_clip_path, tmp_path):

@@ -29,7 +29,8 @@ def test_writes_the_three_course_images(tmp_path, tiny_clip_path, monkeypatch, c
     checkpoint_path = make_checkpoint(tmp_path / "ck", 3)
     monkeypatch.chdir(tmp_path)
     generate_image.main(["--prompt", "The woman is young and has blond hair, and arched eyebrows.", "--load_epoch", "2",
-                         "--checkpoint_path", checkpoint_path, "--clip_model", tiny_clip_path, "--show_hyp", "--device", "cpu"])
+                         "--checkpoint_path", checkpoint_path, "--clip_model", tiny_clip_path, "--show_hyp", "--device",
+                         "cpu"])
     for size in (64, 128, 256):
         with Image.open(tmp_path / f"result_{size}.png") as image:
             assert image.size == (size, size) and image.mode == "RGB"

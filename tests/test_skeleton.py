@@ -113,7 +113,8 @@ BUILDERS = {  # attribute -> the helper method the skeleton's __init__ builds it
                                "image_net": "_image_net"},
     network.Generator: {"condition_aug": "_conditioning_augmentation"},
     network.Discriminator: {"global_layer": "_global_discriminator", "prior_layer": "_prior_layer",
-                            "uncond_discriminator": "_uncond_discriminator", "cond_discriminator": "_cond_discriminator",
+                            "uncond_discriminator": "_uncond_discriminator",
+                            "cond_discriminator": "_cond_discriminator",
                             "align_cond_discriminator": "_align_cond_discriminator"},
 }
 

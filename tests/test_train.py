@@ -329,7 +329,7 @@ def test_a_missing_resume_epoch_or_other_hyperparameters_are_refused(run, tmp_pa
 
 def test_a_fresh_run_refuses_a_folder_holding_another_runs_epochs(run):
     run("taken", 1)
-    with pytest.raises(SystemExit, match="already holds epochs"):
+    with pytest.raises(SystemExit, match=r"already hold epochs \[0\] of another run"):
         run("taken", 1)
     run("taken", 1, "--overwrite")
 
