@@ -179,8 +179,8 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
                                          use_uncond_loss, use_contrastive_loss, gamma, mu.detach(), txt_feature,
                                          d_fake_label, d_real_label, tau=run.tau, wrong_mu=wrong_mu,
                                          augment=run.augment, components=run.log("D", i))
-        # A non-finite loss skips the step, and the generator's after it, on the device: it changes nothing
-        # (t2i/nonfinite.py), and the host does not wait for the device to know (t2i/training_run.py).
+        # A non-finite loss skips this step, and the generator's after it, on the device (the host does not wait
+        # here); the iteration is then undone and changes nothing (t2i/nonfinite.py).
         run.update_discriminators(d_loss, optim_d_lst)
 
         # Phase 2. Optimize Generator
@@ -200,18 +200,17 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
         aug_loss = KL_divergence(mu.float(), log_sigma.float())
         g_loss += (run.beta) * aug_loss
         run.log("G", None)["kl"] = aug_loss
-        taken = run.update_generator(g_loss, optim_g)
-        # The epoch's means over the iterations taken, summed on the device (read once, after the epoch).
-        d_loss_train += torch.where(taken, d_loss.detach(), 0.0)
-        g_loss_train += torch.where(taken, g_loss.detach(), 0.0)
-        num_steps += taken
+        if not run.update_generator(g_loss, optim_g):
+            continue
+        d_loss_train += d_loss.detach()  # summed on the device: read once, after the epoch
+        g_loss_train += g_loss.detach()
+        num_steps += 1
 
         # Phase 3. Report
         if iter % report_interval == 0:
             run.report(iter, d_loss, g_loss)
         run.after_step(iter)
 
-    num_steps = int(num_steps)
     d_loss_train = float(d_loss_train) / num_steps if num_steps else float("nan")
     g_loss_train = float(g_loss_train) / num_steps if num_steps else float("nan")
     return d_loss_train, g_loss_train, save_txt_feature

@@ -20,15 +20,8 @@ class GeneratorEMA:
         self._ema_buffers = list(self.model.buffers())
 
     @torch.no_grad()
-    def update(self, generator: nn.Module, num_updates: torch.Tensor, taken: torch.Tensor) -> None:
-        """One step of the average towards `generator`, with nothing read back to the host: `num_updates` (the
-        updates so far) and `taken` (whether this step's update happened; when not, the average stays exactly as
-        it was) are tensors on the device."""
+    def update(self, generator: nn.Module, num_updates: int) -> None:
         # A short warm-up, so that the average is not dominated by the random initialisation in short runs.
-        decay = torch.clamp_max((1 + num_updates) / (10 + num_updates), self.decay)
-        weight = (1 - decay) * taken
-        # average + weight * (weights - average), in place: foreach lerp takes its weight from the host only.
-        step = torch._foreach_sub(list(generator.parameters()), self._ema_params)
-        torch._foreach_mul_(step, weight)
-        torch._foreach_add_(self._ema_params, step)
+        decay = min(self.decay, (1 + num_updates) / (10 + num_updates))
+        torch._foreach_lerp_(self._ema_params, [p.detach() for p in generator.parameters()], 1 - decay)
         torch._foreach_copy_(self._ema_buffers, list(generator.buffers()))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 from argparse import Namespace
@@ -96,10 +95,9 @@ class TrainingRun:
         self.ema = GeneratorEMA(G, args.ema_decay) if args.ema else None
         create_optimizer_state([optim_g, *optim_d_list])
         self.guard = StepGuard([G, *D_list], D_list, optim_d_list, [self.precision.scaler_d, self.precision.scaler_g])
-        self.updates = torch.zeros((), device=device)  # generator updates taken, counted on the device
+        self.num_updates = 0
         self.d_loss: torch.Tensor | None = None  # this iteration's discriminator loss ...
         self.d_taken: torch.Tensor | None = None  # ... and whether its step was taken (a bool on the device)
-        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, its two losses) not yet read by the host
         self.epoch, self.step, self.steps_in_epoch = 0, 0, 0
         self.bad_in_a_row = self.skipped = 0
         self.loss_log: LossLog | None = None
@@ -137,7 +135,6 @@ class TrainingRun:
             if self.processes is not None:
                 self.processes.start_batch(batching.global_batch_size(loader, step))
             yield step, images, img_feature, txt_feature
-        self.settle()
         progress.close()
 
     def autocast(self) -> torch.autocast:
@@ -198,9 +195,8 @@ class TrainingRun:
             advice.append(f"resume with a lower --learning_rate than {self.args.learning_rate:g}")
         return "Then " + ", or ".join(advice)
 
-    # A non-finite loss skips its step on the device (precision.step_optimizers), and the host learns of it only
-    # when it reads the losses anyway (`settle`, at each report and at the end of an epoch): nothing in an
-    # iteration waits for the device.
+    # A non-finite loss skips its step on the device (precision.step_optimizers); the host reads once an iteration,
+    # after the generator's step, whether the iteration was taken (StepGuard.restore_unless).
 
     def _update(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
                 also_required: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,51 +214,33 @@ class TrainingRun:
         self.d_loss = d_loss
         self.d_taken = self._update(d_loss, optim_d_lst, self.precision.scaler_d)
 
-    def update_generator(self, g_loss: torch.Tensor, optim_g: torch.optim.Optimizer) -> torch.Tensor:
+    def update_generator(self, g_loss: torch.Tensor, optim_g: torch.optim.Optimizer) -> bool:
         """One generator step and the EMA update, taken when both of this iteration's losses are finite; otherwise
-        neither happens and the whole iteration is undone on the device, the discriminators' step included
-        (t2i/nonfinite.py). Returns whether it was taken, a bool tensor on the device."""
+        neither happens and the whole iteration is undone, the discriminators' step included (t2i/nonfinite.py).
+        Whether it was taken."""
         taken = self._update(g_loss, [optim_g], self.precision.scaler_g, also_required=self.d_taken)
-        self.guard.restore_unless(taken)
+        if not self.guard.restore_unless(taken):
+            self._skip(g_loss)
+            return False
         if self.ema is not None:
-            self.ema.update(self.G, self.updates, taken)
-        self.updates += taken
-        self.pending.append((self.step, torch.stack([self.d_loss.detach(), g_loss.detach()])))
-        return taken
+            self.ema.update(self.G, self.num_updates)
+        self.num_updates += 1
+        self.bad_in_a_row = 0
+        return True
 
-    def settle(self) -> set[int]:
-        """Read the losses of the steps since the last call back to the host (one synchronisation); report and
-        count each skipped step, and stop after --max_bad_steps in a row. Returns the skipped steps."""
-        if not self.pending:
-            return set()
-        steps = [step for step, _ in self.pending]
-        losses = torch.stack([values for _, values in self.pending]).tolist()
-        self.pending = []
-        skipped = set()
-        for step, (d_loss, g_loss) in zip(steps, losses):
-            if math.isfinite(d_loss) and math.isfinite(g_loss):
-                self.bad_in_a_row = 0
-                continue
-            what, value = ("discriminator", d_loss) if not math.isfinite(d_loss) else ("generator", g_loss)
-            skipped.add(step)
-            self.skipped += 1
-            self.bad_in_a_row += 1
-            tqdm.write(f"Warning: non-finite {what} loss ({value}) at epoch {self.epoch} step {step}; the step was "
-                       f"skipped and changed nothing")
-            if self.bad_in_a_row >= self.args.max_bad_steps:
-                raise T2IError(f"{self.bad_in_a_row} non-finite losses in a row at epoch {self.epoch} step {step}; "
-                               f"training stopped. Last clean checkpoint: {self.last_clean()}. {self.remedies()}")
-        return skipped
-
-    @property
-    def num_updates(self) -> int:
-        return int(self.updates)
+    def _skip(self, g_loss: torch.Tensor) -> None:
+        """Count and report a skipped iteration; stop after --max_bad_steps in a row."""
+        what, loss = ("discriminator", self.d_loss) if not bool(self.d_taken) else ("generator", g_loss)
+        self.skipped += 1
+        self.bad_in_a_row += 1
+        tqdm.write(f"Warning: non-finite {what} loss ({float(loss.detach())}) at epoch {self.epoch} step "
+                   f"{self.step}; the step was skipped and changed nothing")
+        if self.bad_in_a_row >= self.args.max_bad_steps:
+            raise T2IError(f"{self.bad_in_a_row} non-finite losses in a row at epoch {self.epoch} step {self.step}; "
+                           f"training stopped. Last clean checkpoint: {self.last_clean()}. {self.remedies()}")
 
     def report(self, step: int, d_loss: torch.Tensor, g_loss: torch.Tensor) -> None:
-        """Losses to the progress bar and the loss log (with `settle`, the only place losses are read back to the
-        host); a skipped step changed nothing and is not logged."""
-        if step in self.settle():
-            return
+        """Losses to the progress bar and the loss log (the only place losses are read back to the host)."""
         names = ["d_loss", "g_loss"]
         values = [d_loss.detach().float(), g_loss.detach().float()]
         for key, parts in self.components.items():
@@ -339,7 +317,7 @@ class TrainingRun:
         self.precision.load_state_dict(trainer["precision"])
         if self.ema is not None and trainer["raw_generator"] is not None:
             self.G.load_state_dict(trainer["raw_generator"])
-        self.updates.fill_(trainer["num_updates"])
+        self.num_updates = trainer["num_updates"]
         saved_world, world = state.get("world_size", 1), distributed.world_size()
         if saved_world == world:
             rng = state["rng"] if self.processes is None else self.processes.load_state_dict(state["processes"])
