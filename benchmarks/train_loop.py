@@ -25,10 +25,10 @@ more epoch (torch.profiler): aten operators dispatched per iteration, the host t
 the synchronisations per iteration (torch.cuda.set_sync_debug_mode).
 
 The T4 epoch (24000 images, batch 24: 1000 iterations): on a T4 itself, 1000 x the measured s / iteration;
-elsewhere the course's own figure for its straightforward code on a T4 (40 to 50 minutes an epoch, CONTRACT.md)
+on another GPU the course's own figure for its straightforward code on a T4 (40 to 50 minutes an epoch, CONTRACT.md)
 times ours / course measured here. On a GPU ours runs fp16 autocast and the course fp32: a T4's fp16 tensor
 cores are 8x its fp32 rate, a larger gap than newer GPUs' (TF32 narrows it there), so the estimate is on the
-safe side.
+safe side. On a CPU no estimate is printed: the ratio of CPU times says nothing about a GPU's.
 """
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ def t4_estimate(figures: dict[str, dict]) -> tuple[float, float, str] | None:
     if "T4" in ours["device"]:
         minutes = T4_EPOCH_ITERATIONS * ours["s_per_it"] / 60
         return minutes, minutes, f"measured on a T4: {T4_EPOCH_ITERATIONS} x {ours['s_per_it']:.3f} s / iteration"
-    if course is None:
+    if course is None or ours["device"] == "cpu":  # a CPU's ratio says nothing about a GPU's
         return None
     ratio = ours["s_per_it"] / course["s_per_it"]
     low, high = (ratio * minutes for minutes in T4_COURSE_EPOCH_MINUTES)
@@ -300,6 +300,8 @@ def report(opts: Namespace, results: dict[int, dict[str, dict]], load: tuple[flo
         if estimate:
             low, high, how = estimate
             print(f"{stages:>6} T4 epoch (24000 images) estimate for ours: {low:.1f}-{high:.1f} min ({how})")
+        else:
+            print(f"{stages:>6} T4 epoch (24000 images) estimate: needs a run on a GPU (--device cuda)")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Namespace, list[str]]:
