@@ -179,8 +179,9 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
                                          use_uncond_loss, use_contrastive_loss, gamma, mu.detach(), txt_feature,
                                          d_fake_label, d_real_label, tau=run.tau, wrong_mu=wrong_mu,
                                          augment=run.augment, components=run.log("D", i))
-        if not run.update_discriminators(d_loss, optim_d_lst):
-            continue  # a non-finite loss: the step is skipped and changed nothing (t2i/nonfinite.py)
+        # A non-finite loss skips this step, and the generator's after it, on the device (the host does not wait
+        # here); the iteration is then undone and changes nothing (t2i/nonfinite.py).
+        run.update_discriminators(d_loss, optim_d_lst)
 
         # Phase 2. Optimize Generator
         with run.frozen(model_D_lst), run.autocast():
@@ -201,7 +202,7 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
         run.log("G", None)["kl"] = aug_loss
         if not run.update_generator(g_loss, optim_g):
             continue
-        d_loss_train += d_loss.detach()
+        d_loss_train += d_loss.detach()  # summed on the device: read once, after the epoch
         g_loss_train += g_loss.detach()
         num_steps += 1
 

@@ -2,6 +2,7 @@
 
     python .ci/gpu_check.py                 # every step; about 5 minutes on one GPU
     python .ci/gpu_check.py --skip_tests    # without the test suite at the end
+    python .ci/gpu_check.py --skip_tests --benchmark   # and the training-loop benchmark (about 10 more minutes)
 
 On synthetic data, with a random-weight ViT-B/32 (the real architecture; nothing is downloaded):
   1. every command of colab.ipynb's cells, in order, at reduced sizes (the settings cell's values are replaced,
@@ -9,7 +10,8 @@ On synthetic data, with a random-weight ViT-B/32 (the real architecture; nothing
   2. training without and with AMP, and a resume of the AMP run;
   3. generation, evaluation and the submission check on the resumed run;
   4. the demo (`demo.py --quick --offline`);
-  5. the whole test suite with CUDA visible (its CUDA-only tests run; the CPU ones pin the CPU).
+  5. the whole test suite with CUDA visible (its CUDA-only tests run; the CPU ones pin the CPU);
+  6. with --benchmark, on CUDA only: `benchmarks.train_loop` at the course's sizes (the README's GPU table).
 Without a GPU the steps run on the CPU and the ones that need CUDA say SKIP with the reason. The last line sums
 up; the exit status is 1 when a step failed.
 """
@@ -32,6 +34,9 @@ NOTEBOOK = os.path.join(ROOT, "colab.ipynb")
 SMALL_SETTINGS = {"NUM_EPOCHS": 2, "BATCH_SIZE": 8, "REPORT_INTERVAL": 2, "SAVE_EVERY_STEPS": 2, "KEEP_LAST": 2,
                   "EVAL_SAMPLES": 16, "TRAIN_CAPTIONS": 2}
 SMALL_MODEL = ["--g_in_chans", "128", "--d_in_chans", "16"]
+# The README's GPU command: batch 24, Ng 1024, Nd 64, ViT-B/32, 200 timed iterations a run, 2 host threads.
+BENCHMARK = ["-m", "benchmarks.train_loop", "--device", "cuda", "--stages", "1,3", "--variants", "ours,course",
+             "--rounds", "2", "--iterations", "200", "--epoch_iterations", "100", "--count_ops"]
 
 
 def notebook_settings(content_dir: str) -> dict:
@@ -73,8 +78,9 @@ class Checker:
         self.device = device
         self.results: list[str] = []
 
-    def step(self, name: str, command: list[str] | str, timeout: float = 600) -> bool:
-        """Run one command; print one line: PASS or FAIL (with its last line of output), and the time."""
+    def step(self, name: str, command: list[str] | str, timeout: float = 600, show: bool = False) -> bool:
+        """Run one command; print one line: PASS or FAIL (with its last line of output), and the time; with
+        `show`, then its whole standard output (a benchmark's figures)."""
         started = time.time()
         shell = isinstance(command, str)
         try:
@@ -87,6 +93,8 @@ class Checker:
         if not ok:
             line += f": {detail[-1] if detail else 'no output'}"
         print(line, flush=True)
+        if show and ok:
+            print(result.stdout, flush=True)
         self.results.append(status)
         return ok
 
@@ -111,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip_tests", action="store_true", help="leave out the test suite at the end")
     parser.add_argument("--clip", choices=["vit-b-32", "tiny"], default="vit-b-32",
                         help="the random CLIP's architecture: ViT-B/32's, or a tiny one for a quick run on a CPU")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="also run the training-loop benchmark, ours against the course (CUDA only; ~10 min)")
     args = parser.parse_args(argv)
 
     import torch
@@ -188,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         checker.step("test suite (CUDA visible)" if cuda else "test suite", [python, "-m", "pytest", "-q", "-x",
                                                                             "tests", "-p", "no:cacheprovider"],
                      timeout=1800)
+    # 6. The training loop against the course's, the README's GPU figures.
+    if args.benchmark and cuda:
+        checker.step("benchmark: training loop, ours against the course", [python, *BENCHMARK], timeout=1500,
+                     show=True)
+    elif args.benchmark:
+        checker.skip("benchmark: training loop", "needs CUDA")
     counts = {status: checker.results.count(status) for status in ("PASS", "FAIL", "SKIP")}
     print(f"GPU check: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in "
           f"{time.time() - started:.0f} s on {name}")

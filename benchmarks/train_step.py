@@ -12,7 +12,10 @@ The ViT-B/32-sized CLIP with random weights is written once by the parent into a
 
 Per implementation: one iteration under `torch.utils.flop_counter.FlopCounterMode` (it also serves as a
 warm-up; the count includes forward and backward of every model and CLIP), `--warmup` more untimed
-iterations, then `--iters` timed ones (min / median / mean reported; the machine may be shared, so look at the
+iterations, then `--iters` timed ones. Ours runs the untimed and timed iterations as one epoch of train_step
+(as training does: the epoch's own work, its report at step 0 and the losses read back at its end, falls in
+the first and last iterations, so give `--warmup 1`); each iteration is timed at its boundaries, after a CUDA
+synchronize. (min / median / mean reported; the machine may be shared, so look at the
 minimum and the median; the process CPU time per iteration, also reported, suffers less from a shared
 machine, and with N threads is up to N times the wall time). Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the child, reported once
 after setup (models, optimizers, CLIP) and once at the end; on CUDA also `torch.cuda.max_memory_allocated`
@@ -42,6 +45,7 @@ import sys
 import tempfile
 import time
 from argparse import Namespace
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -176,20 +180,60 @@ class CourseTrainer:
 # One implementation, measured (runs in a child process)
 # ----------------------------------------------------------------------------------------------------------
 
-def build(opts: Namespace, device: torch.device):
-    """The step function (one iteration on a batch) of the chosen implementation."""
+Batch = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]
+Iterate = Callable[[list[Batch]], list[tuple[float, float]]]
+
+
+def build(opts: Namespace, device: torch.device) -> Iterate:
+    """A function that trains the chosen implementation on a list of batches and returns the (wall, process
+    CPU) seconds of each iteration."""
     from t2i import clip_utils
 
     clip_model = None
     if opts.use_contrastive_loss:
         clip_model = clip_utils.load_clip(opts.clip_path, device)
     if opts.impl == "course":
-        return CourseTrainer(opts, device, clip_model).step
-    return ours_step(opts, device, clip_model)
+        return course_iterate(CourseTrainer(opts, device, clip_model).step, device)
+    return ours_iterate(opts, device, clip_model)
 
 
-def ours_step(opts: Namespace, device: torch.device, clip_model: nn.Module | None):
-    """train.train_step on a one-batch loader, with the models, optimizers and run that train() builds."""
+def course_iterate(step: Callable[..., float], device: torch.device) -> Iterate:
+    def iterate(batches: list[Batch]) -> list[tuple[float, float]]:
+        times = []
+        for batch in batches:
+            synchronize(device)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            step(*batch)
+            synchronize(device)
+            times.append((time.perf_counter() - started, time.process_time() - cpu_started))
+        return times
+    return iterate
+
+
+class TimedBatches:
+    """Batches as a training loader that times each iteration at its boundaries (after a CUDA synchronize):
+    the batches go through train_step as one epoch, so the epoch's own work (the progress bar, the report at
+    step 0, reading the losses back at the end) is not counted against each iteration as one-batch epochs
+    would."""
+
+    def __init__(self, batches: list[Batch], device: torch.device):
+        self.batches, self.device = batches, device
+        self.times: list[tuple[float, float]] = []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            synchronize(self.device)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            yield batch
+            synchronize(self.device)
+            self.times.append((time.perf_counter() - started, time.process_time() - cpu_started))
+
+
+def ours_iterate(opts: Namespace, device: torch.device, clip_model: nn.Module | None) -> Iterate:
+    """train.train_step, with the models, optimizers and run that train() builds."""
     import train
     from t2i import options
     from t2i.training_run import build_training
@@ -201,12 +245,12 @@ def ours_step(opts: Namespace, device: torch.device, clip_model: nn.Module | Non
     G, D_lst, optim_g, optim_d_lst, run = build_training(args, device)
     loss_fn = nn.BCEWithLogitsLoss()
 
-    def step(images: list[torch.Tensor], img_feature: torch.Tensor, txt_feature: torch.Tensor) -> None:
-        train.train_step([(images, img_feature, txt_feature)], NOISE_DIM, device, G, D_lst, optim_g, optim_d_lst,
-                         loss_fn, opts.num_stage, opts.use_uncond_loss, opts.use_contrastive_loss, 10 ** 9,
-                         clip_model, GAMMA, LAM, run=run)
-
-    return step
+    def iterate(batches: list[Batch]) -> list[tuple[float, float]]:
+        loader = TimedBatches(batches, device)
+        train.train_step(loader, NOISE_DIM, device, G, D_lst, optim_g, optim_d_lst, loss_fn, opts.num_stage,
+                         opts.use_uncond_loss, opts.use_contrastive_loss, 10 ** 9, clip_model, GAMMA, LAM, run=run)
+        return loader.times
+    return iterate
 
 
 def synthetic_batch(opts: Namespace, device: torch.device, seed: int):
@@ -226,7 +270,7 @@ def measure(opts: Namespace) -> dict:
 
     device = torch.device(opts.device)
     torch.manual_seed(0)
-    step = build(opts, device)
+    iterate = build(opts, device)
     batches = [synthetic_batch(opts, device, seed) for seed in range(2)]
     setup_rss = peak_rss_bytes()
 
@@ -234,7 +278,7 @@ def measure(opts: Namespace) -> dict:
     counter = FlopCounterMode(display=False)
     started = time.perf_counter()
     with counter:
-        step(*batches[0])
+        iterate(batches[:1])
     synchronize(device)
     flop_iteration_s = time.perf_counter() - started
     flops = counter.get_total_flops()
@@ -247,18 +291,10 @@ def measure(opts: Namespace) -> dict:
         breakdown.update({f"module {name}": sum(per_op.values()) for name, per_op in counts.items()
                           if name != "Global" and name.count(".") < opts.breakdown_depth})
 
-    for i in range(opts.warmup):
-        step(*batches[i % 2])
-    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times, cpu_times = [], []
-    for i in range(opts.iters):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        step(*batches[i % 2])
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-        cpu_times.append(time.process_time() - cpu_started)
+    timed = iterate([batches[i % 2] for i in range(opts.warmup + opts.iters)])[opts.warmup:]
+    times, cpu_times = [wall for wall, _ in timed], [cpu for _, cpu in timed]
 
     result = {
         "impl": opts.impl, "flops": flops, "times": times, "cpu_times": cpu_times,
@@ -275,8 +311,7 @@ def measure(opts: Namespace) -> dict:
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities, record_shapes=False) as prof:
-            step(*batches[0])
-            synchronize(device)
+            iterate(batches[:1])
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(f"--- torch.profiler, impl {opts.impl}: one iteration, top ops by self time ---", file=sys.stderr)
         print(prof.key_averages().table(sort_by=sort, row_limit=opts.profile_rows), file=sys.stderr)
@@ -304,7 +339,8 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
                    help="untimed iterations after the FLOP-counted one (which already warms up)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on a CPU with bf16")
+                   help="mixed precision: fp16 autocast + GradScaler on CUDA; bf16 autocast on a CPU with bf16 "
+                        "instructions, refused on a CPU without them (as main.py --amp)")
     p.add_argument("--impl", choices=["ours", "course", "both"], default="both")
     p.add_argument("--breakdown", action="store_true", help="print FLOPs per module (FlopCounterMode)")
     p.add_argument("--breakdown_depth", type=int, default=0, help="also per module, to this depth")
@@ -389,6 +425,12 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(result, f)
         return
 
+    if opts.amp and opts.device == "cpu":  # refused on a CPU without bf16 instructions, in one line
+        from t2i.errors import one_line_errors
+        from t2i.precision import precision_for
+
+        with one_line_errors():
+            precision_for(torch.device("cpu"), True)
     impls = ["course", "ours"] if opts.impl == "both" else [opts.impl]
     with tempfile.TemporaryDirectory(prefix="train_step_bench_") as tmp:
         clip_path = None

@@ -146,24 +146,26 @@ class Processes:
         return torch.cat(all_features), torch.cat([part[:, width:] for part in rows])
 
     def step_optimizers(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
-                        scaler: torch.amp.GradScaler) -> bool:
-        """One step of `optimizers` on the global batch's loss; False (nothing stepped, in any process) when some
-        process's loss is not finite. `loss` then holds the global batch's loss."""
+                        scaler: torch.amp.GradScaler, also_required: torch.Tensor | None = None) -> torch.Tensor:
+        """One step of `optimizers` on the global batch's loss, skipped (in every process) when some process's
+        loss is not finite (see precision.step_optimizers); whether it was taken, on the device. `loss` then holds
+        the global batch's loss."""
         weighted = loss * self.weight
         return step_optimizers(weighted, optimizers, scaler,
-                               reduce=lambda: self._sum_gradients(optimizers, weighted, loss))
+                               reduce=lambda finite: self._sum_gradients(optimizers, weighted, loss, finite),
+                               also_required=also_required)
 
-    def _sum_gradients(self, optimizers: list[torch.optim.Optimizer], weighted: torch.Tensor,
-                       loss: torch.Tensor) -> bool:
+    def _sum_gradients(self, optimizers: list[torch.optim.Optimizer], weighted: torch.Tensor, loss: torch.Tensor,
+                       finite: torch.Tensor) -> torch.Tensor:
         # The parameters with a gradient are the same in every process: the same code builds the same graph.
         grads = [param.grad for optimizer in optimizers for group in optimizer.param_groups
                  for param in group["params"] if param.grad is not None]
         value = weighted.detach().float().reshape(1)
-        bucket = torch.cat([*(grad.reshape(-1) for grad in grads), value, (~torch.isfinite(value)).float()])
+        bucket = torch.cat([*(grad.reshape(-1) for grad in grads), value, (~finite).float().reshape(1)])
         dist.all_reduce(bucket)
         torch._foreach_copy_(grads, torch._utils._unflatten_dense_tensors(bucket[:-2], grads))
         loss.detach().copy_(bucket[-2])
-        return bool(bucket[-1] == 0)
+        return bucket[-1] == 0
 
     def global_values(self, values: torch.Tensor) -> torch.Tensor:
         """Per-process loss values (batch means, or global sums alike in every process) -> the global batch's."""

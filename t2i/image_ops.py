@@ -97,6 +97,17 @@ def _resize_matrix(in_size: int, out_size: int, antialias: bool) -> torch.Tensor
                          antialias=antialias)[0, 0]
 
 
+@functools.lru_cache(maxsize=64)
+def _crop_resize_matrix(in_size: int, size: int, crop: int, start: int, device: torch.device,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """[size, in_size] matrix of resizing to `size`, cropping `crop` from `start`, resizing back to `size`, on the
+    device. Cached: a crop of at least 0.99 of 224 px takes one of ten (crop, start) pairs per axis, so after the
+    first steps no iteration builds one on the host or copies one to the device (a copy that would make the host
+    wait for the device)."""
+    matrix = _resize_matrix(crop, size, False) @ _resize_matrix(in_size, size, True)[start:start + crop]
+    return matrix.to(device, dtype)
+
+
 def clip_view(images: torch.Tensor, size: int = 224, ratio: float = 0.99,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """`random_crop_resize(clip_resize(size)(images), ratio=ratio)` for square [B, C, n, n] images, as matmuls.
@@ -108,10 +119,8 @@ def clip_view(images: torch.Tensor, size: int = 224, ratio: float = 0.99,
     if height != width:
         raise ValueError(f"clip_view: expected square images, got {height}x{width}")
     crop, left, top = random_square_crop(size, ratio, generator)
-    to_size = _resize_matrix(height, size, True)
-    from_crop = _resize_matrix(crop, size, False)
-    rows = (from_crop @ to_size[top:top + crop]).to(images.device, images.dtype)
-    cols = (from_crop @ to_size[left:left + crop]).to(images.device, images.dtype)
+    rows = _crop_resize_matrix(height, size, crop, top, images.device, images.dtype)
+    cols = _crop_resize_matrix(height, size, crop, left, images.device, images.dtype)
     return rows @ images @ cols.t()
 
 

@@ -98,7 +98,8 @@ OPTIONS: tuple[Option, ...] = (
 
     Option("device", None, "cuda, cuda:1 or cpu (default: cuda if available)", RUN, IGNORE, str),
     Option("amp", None, "mixed precision: fp16 with gradient scaling on CUDA (the default there); bf16 on a CPU "
-           "(off by default: rarely faster there)", RUN, REPORT),
+           "with bf16 instructions (off by default there), refused on a CPU without them (emulated: many times "
+           "slower than fp32)", RUN, REPORT),
     Option("sync_bn", True, "under torchrun, BatchNorm statistics of the global batch (every process's images), so N "
            "processes at batch B train as one at N*B (one process: no effect)", RUN, REPORT),
     Option("num_workers", 0, "DataLoader worker processes (0: the data is in memory already)", RUN, IGNORE, int),

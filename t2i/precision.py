@@ -63,16 +63,42 @@ def precision_for(device: torch.device, amp: bool | None) -> Precision:
 
 
 def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
-                    reduce: Callable[[], bool] | None = None) -> bool:
-    """Backward through `loss` (scaled) and one step of each optimizer. Among several processes, `reduce` runs
-    between the two (t2i/distributed.py): it sums the gradients over the processes, and returns False, and then
-    nothing steps, when some process's loss was not finite."""
+                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    also_required: torch.Tensor | None = None) -> torch.Tensor:
+    """Backward through `loss` (scaled) and one step of each optimizer, skipped when the loss is not finite (or
+    `also_required`, a bool tensor, is false). Returns whether the step was taken, as a bool tensor on the loss's
+    device: the skip happens there, with nothing read back to the host, so the host never waits for the device
+    here.
+
+    The fused optimizers this package builds (`training_run.adam_options`) skip on the device: they take
+    `found_inf` as the gradient scaler hands it to them (the scaler's own check of the gradients, with loss
+    scaling; else the loss's). Any other optimizer (a plain `train_step`'s) is stepped only after the host has
+    read the flag. Among several processes, `reduce` runs between the backward and the steps
+    (t2i/distributed.py): it sums the gradients over the processes and returns whether every process's loss
+    was finite."""
+    finite = torch.isfinite(loss.detach())
+    if also_required is not None:
+        finite = finite & also_required
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
+    if scaler.is_enabled():
+        # The scaler skips a step whose gradients are not finite; a non-finite loss can still have finite
+        # gradients (an infinite term no weight reaches), so its gradient is made NaN.
+        loss = loss * torch.where(finite, 1.0, float("nan"))
     scaler.scale(loss).backward()
-    if reduce is not None and not reduce():
-        return False
-    for optimizer in optimizers:
-        scaler.step(optimizer)
-    scaler.update()
-    return True
+    if reduce is not None:
+        finite = reduce(finite)
+    if scaler.is_enabled():
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+        scaler.update()
+    elif all(getattr(optimizer, "_step_supports_amp_scaling", False) for optimizer in optimizers):
+        found_inf = (~finite).float()
+        for optimizer in optimizers:
+            optimizer.found_inf = found_inf  # how GradScaler hands it over (torch.amp.GradScaler.step)
+            optimizer.step()
+            del optimizer.found_inf
+    elif bool(finite):
+        for optimizer in optimizers:
+            optimizer.step()
+    return finite
