@@ -92,7 +92,7 @@ def test_the_saved_ema_generator_holds_statistics_of_its_own_weights(preprocesse
     raw.load_state_dict(torch.load(folder / "epoch_0_state.pt", weights_only=True)["trainer"]["raw_generator"])
     # The batches the run measured on, drawn again as TrainingRun draws them.
     args = options.complete(options.parse(["--batch_size", "4", "--noise_dim", "8"], "test"))
-    run = TrainingRun(args, torch.device("cpu"), raw, [], None, [], files=False)
+    run = TrainingRun(args, torch.device("cpu"), raw, [], torch.optim.Adam(raw.parameters()), [], files=False)
     run.dataset = ZipDataset(preprocessed_zips["train"], 1)
     assert_statistics_of(saved, run.batchnorm_batches, seed=BATCHNORM_SEED)
     # ... and not the raw generator's, which training copied into the average.
