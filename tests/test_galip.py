@@ -1,0 +1,349 @@
+"""GALIP (network_galip, galip_losses): shapes, the graders' loading and generation path, MA-GP against a
+hand-computed value, initialisation, layer rules, and CLIP feature extraction."""
+import argparse
+import ast
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import clip_utils
+import galip_losses as gl
+import network_galip
+from network_galip import (Affine, DBlock, Discriminator, GBlock, Generator, generator_channels, weight_init)
+from train_utils import denormalize_image, load_checkpoint, save_hyp, save_model
+
+CLIP_DIM, PROJ, NOISE = 512, 128, 100
+NG_SMALL, ND_SMALL = 32, 16          # narrow widths for forward passes in tests
+NG_DEFAULT, ND_DEFAULT = 512, 768    # GALIP's widths: ngf 64 (8 x 64 = 512), ViT-B/32 token width 768
+
+
+def unit(batch: int, dim: int = CLIP_DIM) -> torch.Tensor:
+    return F.normalize(torch.randn(batch, dim), dim=1)
+
+
+def hyperparameters(tmp_path, num_stage: int, ng: int, nd: int) -> argparse.Namespace:
+    return argparse.Namespace(clip_embedding_dim=CLIP_DIM, projection_dim=PROJ, noise_dim=NOISE, num_stage=num_stage,
+                              use_uncond_loss=False, use_contrastive_loss=False, batch_size=4, num_epochs=1,
+                              learning_rate=1e-4, checkpoint_path=str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_three_stage_shapes(batch):
+    torch.manual_seed(0)
+    G = Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, 3, "cpu")
+    G.apply(weight_init)
+    text = unit(batch)
+    fake_images, mu, log_sigma = G(text, torch.randn(batch, NOISE))
+    assert [tuple(image.shape) for image in fake_images] == [(batch, 3, 64, 64), (batch, 3, 128, 128),
+                                                             (batch, 3, 256, 256)]
+    assert all(image.min() >= -1 and image.max() <= 1 for image in fake_images)
+    # One picture at three sizes: the smaller ones are box averages of the largest.
+    assert torch.allclose(fake_images[0], F.avg_pool2d(fake_images[2], 4), atol=1e-6)
+    assert torch.allclose(fake_images[1], F.avg_pool2d(fake_images[2], 2), atol=1e-6)
+    assert torch.equal(mu, text) and torch.equal(log_sigma, torch.zeros_like(text))
+
+    D = Discriminator(PROJ, 3, ND_SMALL, 1, CLIP_DIM, 0, "cpu")
+    D.apply(weight_init)
+    layers = torch.randn(batch, network_galip.NUM_CLIP_LAYERS, ND_SMALL, 7, 7)
+    features = D.features(layers)
+    assert features.shape == (batch, CLIP_DIM, 7, 7)
+    logits = D(layers, text)
+    assert logits.shape == (batch,)
+    assert torch.allclose(logits, D.predict(features, text))
+
+
+@pytest.mark.parametrize("num_stage", [1, 2, 3])
+def test_largest_image_and_block_count_follow_num_stage(num_stage):
+    G = Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, num_stage, "cpu")
+    size = 64 * 2 ** num_stage // 2
+    assert G.image_size == size
+    assert len(G.blocks) == int(math.log2(size)) - 2  # 8 px, then one doubling per block
+    fake_images, _, _ = G(unit(2), torch.randn(2, NOISE))
+    assert [image.shape[-1] for image in fake_images] == [64 * 2 ** s for s in range(num_stage)]
+
+
+def test_generator_channels_follow_dfgan():
+    assert generator_channels(512, 256) == [(512, 512), (512, 512), (512, 512), (512, 256), (256, 128), (128, 64)]
+    assert generator_channels(512, 64) == [(512, 512), (512, 256), (256, 128), (128, 64)]
+
+
+@pytest.mark.parametrize("bad", [0, 4, 100])
+def test_generator_width_must_be_a_multiple_of_eight(bad):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Generator(CLIP_DIM, PROJ, NOISE, bad, 3, 3, "cpu")
+
+
+@pytest.mark.parametrize("bad", [0, 4])
+def test_unsupported_stage_counts_are_refused(bad):
+    with pytest.raises(ValueError, match="num_stage"):
+        Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, bad, "cpu")
+
+
+def test_later_stage_discriminators_are_empty_placeholders():
+    for stage in (1, 2):
+        D = Discriminator(PROJ, 3, ND_DEFAULT, 1, CLIP_DIM, stage, "cpu")
+        assert D.state_dict() == {} and not list(D.parameters())
+        with pytest.raises(RuntimeError, match="placeholder"):
+            D(torch.randn(1, 3, ND_DEFAULT, 7, 7), unit(1))
+
+
+def test_discriminator_refuses_wrong_feature_shapes():
+    D = Discriminator(PROJ, 3, ND_SMALL, 1, CLIP_DIM, 0, "cpu")
+    with pytest.raises(ValueError, match="CLIP features"):
+        D.features(torch.randn(2, ND_SMALL, 7, 7))
+
+
+# --------------------------------------------------------------------------------- the graders' harness
+
+@pytest.mark.parametrize("num_stage", [1, 3])
+def test_graders_rebuild_positionally_and_load_strictly(tmp_path, num_stage):
+    args = hyperparameters(tmp_path, num_stage, NG_DEFAULT, ND_DEFAULT)
+    G = Generator(CLIP_DIM, PROJ, NOISE, NG_DEFAULT, 3, num_stage, "cpu")
+    D_list = [Discriminator(PROJ, 3, ND_DEFAULT, 1, CLIP_DIM, s, "cpu") for s in range(num_stage)]
+    for model in (G, *D_list):
+        model.apply(weight_init)
+    save_hyp(args, NG_DEFAULT, 3, ND_DEFAULT, 1)
+    save_model(args, G, D_list, 0, num_stage)
+
+    h = torch.load(tmp_path / "hyperparameter.pt", weights_only=True)
+    device = torch.device("cpu")
+    G2 = Generator(h['clip_embedding_dim'], h['projection_dim'], h['noise_dim'], h['g_in_chans'], h['g_out_chans'],
+                   h['num_stage'], device)
+    G2.load_state_dict(torch.load(tmp_path / "epoch_0_Gen.pt", weights_only=True))  # strict
+    D2 = [Discriminator(h['projection_dim'], h['g_out_chans'], h['d_in_chans'], h['d_out_chans'],
+                        h['clip_embedding_dim'], stage, device) for stage in range(h['num_stage'])]
+    for stage, D in enumerate(D2):
+        D.load_state_dict(torch.load(tmp_path / f"epoch_0_Dis_{stage}.pt", weights_only=True))  # strict
+    load_checkpoint(G2, D2, str(tmp_path), 0)  # the course's loader too
+    for ours, loaded in zip([G, *D_list], [G2, *D2]):
+        assert ours.state_dict().keys() == loaded.state_dict().keys()
+        for key, value in ours.state_dict().items():
+            assert torch.equal(value, loaded.state_dict()[key])
+    # No CLIP weights in any file: G and D hold only their own layers.
+    assert os.path.getsize(tmp_path / "epoch_0_Gen.pt") < 4 * network_galip.count_parameters(G) * 1.01 + 1e6
+
+
+def test_eval_generation_as_the_graders_call_it(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, 3, "cpu")
+    G.apply(weight_init)
+    torch.save(G.state_dict(), tmp_path / "epoch_0_Gen.pt")
+    G2 = Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, 3, "cpu")
+    G2.load_state_dict(torch.load(tmp_path / "epoch_0_Gen.pt"))
+    G2.eval()
+    text_feature = unit(1).float()
+    noise = torch.randn(1, NOISE)
+    with torch.no_grad():
+        fake_images, _, _ = G2(text_feature, noise)
+        again, _, _ = G2(text_feature, noise)
+    for image, size in zip((fake_images[-3], fake_images[-2], fake_images[-1]), (64, 128, 256)):
+        assert image.shape == (1, 3, size, size) and image.dtype == torch.float32
+        pixels = denormalize_image(image)
+        assert pixels.min() >= 0 and pixels.max() <= 1
+    assert all(torch.equal(a, b) for a, b in zip(fake_images, again))  # no randomness beyond the noise
+
+
+def test_the_submitted_module_imports_only_torch_and_the_standard_library():
+    tree = ast.parse(open(network_galip.__file__).read())
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert roots <= {"__future__", "math", "torch", "typing"}
+
+
+# ---------------------------------------------------------------------------- initialisation and layers
+
+def test_weight_init_restores_galip_initialisation():
+    torch.manual_seed(0)
+    G = Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, 1, "cpu")
+    D = Discriminator(PROJ, 3, ND_SMALL, 1, CLIP_DIM, 0, "cpu")
+    for model in (G, D):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.7)
+        model.apply(weight_init)
+    affines = [m for m in G.modules() if isinstance(m, Affine)]
+    assert affines
+    for affine in affines:  # identity modulation: gamma 1, beta 0 for any condition
+        assert torch.equal(affine.fc_gamma[2].weight, torch.zeros_like(affine.fc_gamma[2].weight))
+        assert torch.equal(affine.fc_gamma[2].bias, torch.ones_like(affine.fc_gamma[2].bias))
+        assert not affine.fc_beta[2].weight.any() and not affine.fc_beta[2].bias.any()
+        x = torch.randn(2, affine.fc_gamma[2].out_features, 3, 3)
+        assert torch.allclose(affine(x, torch.randn(2, NOISE + CLIP_DIM)), x)
+    for block in (m for m in D.modules() if isinstance(m, DBlock)):
+        assert block.gamma.item() == 0 and (block.beta is None or block.beta.item() == 0)
+    for conv in (m for m in (*G.modules(), *D.modules()) if isinstance(m, (nn.Conv2d, nn.Linear))):
+        if any(conv is affine.fc_gamma[2] or conv is affine.fc_beta[2] for affine in affines):
+            continue
+        fan_in = conv.weight[0].numel()
+        assert conv.weight.abs().max() <= 1 / math.sqrt(fan_in) + 1e-6  # PyTorch's default (Kaiming-uniform)
+        assert conv.weight.std() > 0
+
+
+def test_convolution_biases_where_galip_keeps_them():
+    G = Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, 3, "cpu")
+    D = Discriminator(PROJ, 3, ND_SMALL, 1, CLIP_DIM, 0, "cpu")
+    # G has no normalisation layers: its convolutions keep their biases (DF-GAN / GALIP).
+    assert all(m.bias is not None for m in G.modules() if isinstance(m, nn.Conv2d))
+    # D's residual branches and the matching head have none; only the 1x1 width-changing shortcut does.
+    for block in (m for m in D.modules() if isinstance(m, DBlock)):
+        assert all(m.bias is None for m in block.conv_r if isinstance(m, nn.Conv2d))
+    assert all(m.bias is None for m in D.joint_conv if isinstance(m, nn.Conv2d))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in (*G.modules(), *D.modules()))
+
+
+def test_text_reaches_the_image():
+    torch.manual_seed(0)
+    G = Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, 1, "cpu")
+    G.apply(weight_init)
+    with torch.no_grad():  # give the fusion something other than the identity
+        for block in G.blocks:
+            nn.init.normal_(block.fuse1.affine0.fc_beta[2].weight, std=0.5)
+    noise = torch.randn(1, NOISE)
+    a, _, _ = G(unit(1), noise)
+    b, _, _ = G(unit(1), noise)
+    assert not torch.allclose(a[-1], b[-1])
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+def test_ma_gp_matches_a_hand_computed_value():
+    # D(x, s) = sum(x ** 2) + 3 s per sample: gradients (2 x, 3), so for x = (1, 2), s = 2 the norm is
+    # sqrt(4 + 16 + 9) = sqrt(29), and for x = (0, 1), s = -1 it is sqrt(0 + 4 + 9) = sqrt(13).
+    x = torch.tensor([[1.0, 2.0], [0.0, 1.0]], requires_grad=True)
+    s = torch.tensor([[2.0], [-1.0]], requires_grad=True)
+    logits = (x ** 2).sum(dim=1) + 3 * s[:, 0]
+    penalty = gl.ma_gp(logits, (x, s), k=2.0, p=6.0)
+    expected = 2.0 * (29 ** 3 + 13 ** 3) / 2
+    assert penalty.item() == pytest.approx(expected)
+    # The graph is kept: the penalty trains what produced the logits (d/dx of 2 * mean((4|x|^2 + 9)^3)).
+    (grad_x,) = torch.autograd.grad(penalty, x)
+    expected_grad = 2.0 / 2 * 3 * torch.tensor([[29.0], [13.0]]) ** 2 * 8 * x.detach()
+    assert torch.allclose(grad_x, expected_grad)
+
+
+def test_ma_gp_with_a_grad_scaler_equals_the_plain_value():
+    x = torch.randn(3, 4, requires_grad=True)
+    s = torch.randn(3, 2, requires_grad=True)
+    logits = torch.tanh(x).sum(1) * s.sum(1)
+    plain = gl.ma_gp(logits, (x, s))
+    scaled = gl.ma_gp(logits, (x, s), scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    assert scaled.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_hinge_losses_and_mismatch():
+    real, fake, mismatched = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0]), torch.tensor([1.0, -0.5])
+    # real: mean(0, 0.5) = 0.25; fake: mean(0, 1) = 0.5; mismatched: mean(2, 0.5) = 1.25
+    assert gl.discriminator_hinge_loss(real, fake, mismatched).item() == pytest.approx(0.25 + (0.5 + 1.25) / 2)
+    assert gl.generator_hinge_loss(fake).item() == pytest.approx(1.0)
+    sentence = torch.arange(6.0).view(3, 2).requires_grad_()
+    shifted = gl.mismatched_sentences(sentence)
+    assert torch.equal(shifted, torch.cat([sentence[1:], sentence[:1]]).detach()) and not shifted.requires_grad
+
+
+def test_discriminator_and_generator_losses_train_the_right_modules():
+    torch.manual_seed(0)
+    D = Discriminator(PROJ, 3, ND_SMALL, 1, CLIP_DIM, 0, "cpu")
+    D.apply(weight_init)
+    with torch.no_grad():  # open the residual gains so every D weight is on the gradient path
+        for block in (m for m in D.modules() if isinstance(m, DBlock)):
+            block.gamma.fill_(0.5)
+            if block.beta is not None:
+                block.beta.fill_(0.5)
+    real = torch.randn(4, 3, ND_SMALL, 7, 7)
+    fake_source = torch.randn(4, 3, ND_SMALL, 7, 7, requires_grad=True)
+    fake = fake_source * 1.0
+    sentence = unit(4)
+    d_loss, parts = gl.discriminator_loss(D, real, fake, sentence)
+    d_loss.backward()
+    assert set(parts) == {"d_real", "d_fake", "d_mismatch", "d_ma_gp"} and parts["d_ma_gp"] > 0
+    assert fake_source.grad is None  # D's loss never reaches the generator side
+    assert all(p.grad is not None for p in D.parameters())
+    D.zero_grad()
+    g_loss, parts = gl.generator_loss(D, fake, torch.randn(4, CLIP_DIM), sentence)
+    g_loss.backward()
+    assert fake_source.grad is not None and set(parts) == {"g_adv", "g_sim"}
+
+
+def test_text_image_similarity_is_the_mean_cosine():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
+    assert gl.text_image_similarity(a, b).item() == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------------- CLIP
+
+def test_clip_layer_indices_follow_galip():
+    assert gl.clip_layer_indices(12) == (1, 4, 8)
+    assert gl.clip_layer_indices(24) == (3, 9, 17)
+    assert gl.clip_layer_indices(1) == (0, 0, 0)
+    assert all(max(gl.clip_layer_indices(n)) < n for n in range(1, 30))
+
+
+def test_to_clip_input_resizes_and_normalises():
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    out = gl.to_clip_input(images)
+    expected = F.interpolate(images * 0.5 + 0.5, size=(224, 224), mode="bicubic", align_corners=False)
+    mean = torch.tensor(gl.CLIP_MEAN)[:, None, None]
+    std = torch.tensor(gl.CLIP_STD)[:, None, None]
+    assert torch.allclose(out, (expected - mean) / std, atol=1e-4)
+    same = torch.rand(1, 3, 224, 224) * 2 - 1
+    assert torch.allclose(gl.to_clip_input(same), ((same * 0.5 + 0.5) - mean) / std)
+
+
+def test_clip_image_features_shapes_embedding_and_gradient(tiny_clip_path):
+    clip_model = clip_utils.load_clip(tiny_clip_path, "cpu")
+    width = clip_model.visual.conv1.out_channels
+    layers = gl.clip_layer_indices(len(clip_model.visual.transformer.resblocks))
+    images = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_()
+    local, embedding = gl.clip_image_features(clip_model, images)
+    assert local.shape == (2, len(layers), width, 7, 7) and local.dtype == torch.float32
+    with torch.no_grad():
+        reference = clip_model.encode_image(gl.to_clip_input(images))
+    assert torch.allclose(embedding, reference, atol=1e-5)
+    (local.sum() + embedding.sum()).backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    with torch.no_grad():
+        local_only, none = gl.clip_image_features(clip_model, images, with_embedding=False)
+    assert none is None and torch.allclose(local_only, local)
+    D = Discriminator(PROJ, 3, width, 1, CLIP_DIM, 0, "cpu")
+    assert D(local_only, unit(2)).shape == (2,)
+
+
+def test_one_training_step_with_a_tiny_clip(tiny_clip_path):
+    """The step the docstring of galip_losses describes runs end to end and moves both models."""
+    torch.manual_seed(0)
+    clip_model = clip_utils.load_clip(tiny_clip_path, "cpu")
+    width = clip_model.visual.conv1.out_channels
+    G = Generator(CLIP_DIM, PROJ, NOISE, NG_SMALL, 3, 1, "cpu")
+    D = Discriminator(PROJ, 3, width, 1, CLIP_DIM, 0, "cpu")
+    for model in (G, D):
+        model.apply(weight_init)
+    optim_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    optim_d = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.9))
+    real, sentence = torch.rand(3, 3, 64, 64) * 2 - 1, unit(3)
+    g_before = [p.detach().clone() for p in G.parameters()]
+    d_before = [p.detach().clone() for p in D.parameters()]
+
+    with torch.no_grad():
+        real_layers, _ = gl.clip_image_features(clip_model, real, with_embedding=False)
+    fake = G(sentence, torch.randn(3, NOISE))[0][-1]
+    fake_layers, fake_embedding = gl.clip_image_features(clip_model, fake)
+    d_loss, _ = gl.discriminator_loss(D, real_layers, fake_layers, sentence)
+    optim_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    optim_d.step()
+    g_loss, _ = gl.generator_loss(D, fake_layers, fake_embedding, sentence)
+    optim_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    optim_g.step()
+    assert math.isfinite(d_loss.item()) and math.isfinite(g_loss.item())
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, D.parameters()))
+    assert all(not p.requires_grad for p in clip_model.parameters())
