@@ -5,7 +5,7 @@ One training step (batch of real images x in [-1, 1], their unit-norm sentence e
     D step:  f_real = clip_image_features(CLIP, x, with_embedding=False)        frozen CLIP, no gradient
              x_fake = G(s, z)[0][-1];  f_fake, e_fake = clip_image_features(CLIP, x_fake)   graph kept for G
              L_D = hinge(D(f_real, s)) + [hinge(-D(f_fake.detach(), s)) + hinge(-D(f_real, s_mismatched))] / 2
-                   + MA-GP(D(f_real, s); f_real, s)
+                   + MA-GP(D(f_real, s); f_real, sqrt(D) s)     (the sentence as D's head reads it)
     G step:  L_G = -mean D(f_fake, s) - sim_w * mean cos(e_fake, s)     (backward through the frozen CLIP into G)
 
 Hinge losses with a mismatched-text negative (the matching-aware D of DF-GAN / GALIP); MA-GP, the
@@ -67,6 +67,19 @@ def to_clip_input(images: torch.Tensor, size: int = CLIP_INPUT_SIZE) -> torch.Te
     return (images - mean) / std
 
 
+def patch_embedding(conv1: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
+    """CLIP-ViT's patch embedding (a bias-free convolution whose stride is its kernel) as one matrix product:
+    [B, 3, H, W] -> [B, (H/p) * (W/p), width], the tokens in the convolution's row-major order. Same values;
+    its backward is a matmul, where mkldnn's large-kernel convolution backward took 0.8 s of a 2 s CPU step."""
+    patch = conv1.kernel_size[0]
+    if conv1.stride[0] != patch or conv1.bias is not None or conv1.padding[0] != 0:
+        raise ValueError("patch_embedding expects a bias-free, unpadded convolution with stride == kernel")
+    batch, chans, height, width = images.shape
+    rows, cols = height // patch, width // patch
+    patches = images.reshape(batch, chans, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(batch, rows * cols, -1) @ conv1.weight.reshape(conv1.out_channels, -1).t()
+
+
 def clip_image_features(clip_model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None,
                         with_embedding: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CLIP-ViT's grid tokens after the blocks `layers` (default `clip_layer_indices`), as D's input
@@ -80,9 +93,9 @@ def clip_image_features(clip_model: nn.Module, images: torch.Tensor, layers: Seq
     blocks = visual.transformer.resblocks
     layers = tuple(clip_layer_indices(len(blocks)) if layers is None else layers)
     dtype = visual.conv1.weight.dtype
-    x = visual.conv1(to_clip_input(images.float(), visual.input_resolution).to(dtype))  # [B, width, g, g]
-    batch, width, grid = x.shape[0], x.shape[1], x.shape[-1]
-    x = x.flatten(2).transpose(1, 2)                                                      # [B, g*g, width]
+    x = patch_embedding(visual.conv1, to_clip_input(images.float(), visual.input_resolution).to(dtype))
+    batch, width = x.shape[0], x.shape[-1]                                                # [B, g*g, width]
+    grid = math.isqrt(x.shape[1])
     cls = visual.class_embedding.to(dtype).expand(batch, 1, width)
     x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(dtype))
     x = x.permute(1, 0, 2)                                                                # [1 + g*g, B, width]
@@ -159,15 +172,17 @@ def discriminator_loss(model_d: nn.Module, real_layers: torch.Tensor, fake_layer
                        sentence: torch.Tensor, k: float = MA_GP_K, p: float = MA_GP_P,
                        scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """GALIP's whole D loss for one batch (stage-0 `network_galip.Discriminator`): hinge with fake and
-    mismatched negatives, plus MA-GP on the real, matching pairs. Returns (loss, float components)."""
+    mismatched negatives, plus MA-GP on the real, matching pairs, with respect to the CLIP features and the
+    sentence as D's head reads it (`text_input`, sqrt(D) s). `sentence` is unit-norm. Returns (loss, float
+    components)."""
     real_layers = real_layers.detach().requires_grad_(True)
-    sentence = sentence.detach().requires_grad_(True)
+    text = model_d.text_input(sentence.detach()).detach().requires_grad_(True)  # sqrt(D) s, what D's head reads
     real_features = model_d.features(real_layers)
-    real_logits = model_d.predict(real_features, sentence)
-    mismatched_logits = model_d.predict(real_features, mismatched_sentences(sentence))
-    fake_logits = model_d(fake_layers.detach(), sentence.detach())
+    real_logits = model_d.predict(real_features, text)
+    mismatched_logits = model_d.predict(real_features, mismatched_sentences(text))
+    fake_logits = model_d.predict(model_d.features(fake_layers.detach()), text.detach())
     hinge = discriminator_hinge_loss(real_logits, fake_logits, mismatched_logits)
-    penalty = ma_gp(real_logits, (real_layers, sentence), k, p, scaler)
+    penalty = ma_gp(real_logits, (real_layers, text), k, p, scaler)
     parts = {"d_real": hinge_real(real_logits).item(), "d_fake": hinge_fake(fake_logits).item(),
              "d_mismatch": hinge_fake(mismatched_logits).item(), "d_ma_gp": penalty.item()}
     return hinge + penalty, parts

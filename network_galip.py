@@ -19,9 +19,9 @@ state dicts strictly, and save G's outputs [-3], [-2], [-1] as the 64, 128 and 2
   Training runs CLIP and passes D its features (`galip_losses.clip_image_features`).
 * GALIP's generator also sends its 7x7 bridge features through the frozen CLIP-ViT ("CLIP-empowered
   generator"). That part is left out: G's state dict would have to carry ViT-B/32's 85 M transformer weights
-  (340 MB fp32 in every epoch_N_Gen.pt, about 20x the trainable G), since the graders' constructor cannot
-  download them. Without the ViT, GALIP's conv_fuse -> ViT -> conv path is two linear convolutions in a row,
-  merged here into one.
+  (324 MiB fp32 in every epoch_N_Gen.pt, 6x the trainable G at the default width), since the graders'
+  constructor cannot download them. Without the ViT, GALIP's conv_fuse -> ViT -> conv path is two linear
+  convolutions in a row, merged here into one.
 * Stage 0's Discriminator is GALIP's whole trainable D (feature head + matching head). The stages > 0 are
   parameter-free placeholders: their images are copies of the largest one, so there is nothing else to judge,
   and their empty state dicts save and load strictly like any other.
@@ -30,16 +30,18 @@ Hyperparameters, as the course passes them (`hyperparameter.pt`):
     clip_embedding_dim  D, the sentence embedding width (512 for ViT-B/32).
     projection_dim      P, width of the matching head's joint convolution (GALIP: 128). G does not use it.
     noise_dim           z width (GALIP: 100).
-    g_in_chans          width of G's first (8x8) block, 8 * ngf (GALIP: ngf 64, so 512). Must divide by 8.
+    g_in_chans          width of G's first (8x8) block, 8 * ngf. Must divide by 8. Default 256 (ngf 32, DF-GAN's
+                        CUB width): 816 GFLOP per batch-8 training step at 256 px, as much as our StackGAN's
+                        834 at Ng 1024; GALIP's ngf 64 (512) costs 1894.
     g_out_chans         image channels (3).
     num_stage           1, 2 or 3: the largest image is 64, 128 or 256 px.
-    d_in_chans          token width of the CLIP image encoder whose features D reads (768 for ViT-B/32); D's
-                        residual blocks keep that width.
+    d_in_chans          token width of the CLIP image encoder whose features D reads: 768 for ViT-B/32 (the
+                        default). D's residual blocks keep that width.
     d_out_chans         logits per image (1).
 
 Inputs: `text_embedding` is the L2-normalised CLIP sentence embedding (what the graders pass). GALIP feeds raw
 CLIP embeddings; a unit vector's elements are ~1/sqrt(D), which the noise (elements ~1) would drown in the
-fusion MLPs, so both G and D multiply it by sqrt(D) first (TEXT_SCALE): elements ~1, the scale of z.
+fusion MLPs, so both G and D multiply it by sqrt(D) first (`text_scale`): elements ~1, the scale of z.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+DEFAULT_G_IN_CHANS = 256  # 8 * ngf, ngf 32
+DEFAULT_D_IN_CHANS = 768  # ViT-B/32's token width
 MAX_STAGES = 3            # 64, 128 and 256 px: the preprocessed images are 256 px
 BRIDGE_SIZE = 8           # G's first feature map is 8x8 (GALIP: CLIP's 7x7 grid, then 8x8 after its first block)
 BRIDGE_CODE_CHANS = 64    # GALIP's bridge feature predictor: z -> [64, 7, 7], four M_Blocks of 64 -> 32 -> 64
@@ -266,12 +270,16 @@ class Discriminator(nn.Module):
     """Stage `stage`'s discriminator. Stage 0 holds GALIP's trainable D; later stages are empty placeholders.
 
     Stage 0 (training calls these; the graders only build and load the module):
-    * `features(clip_layers [B, 3, d_in_chans, 7, 7]) -> [B, D, 7, 7]`: GALIP's NetD on the CLIP-ViT tokens
-      after three blocks (`galip_losses.clip_image_features`), shallowest first.
-    * `predict(features, sentence [B, D] unit-norm) -> [B]` logits: GALIP's NetC, the matching-aware head.
-    * `forward(clip_layers, sentence) -> [B]` logits = predict(features(clip_layers), sentence).
+    * `features(clip_layers [B, 3, d_in_chans, 7, 7]) -> [B, min(d_in_chans, D), 7, 7]`: GALIP's NetD on
+      the CLIP-ViT tokens after three blocks (`galip_losses.clip_image_features`), shallowest first.
+    * `text_input(sentence [B, D] unit-norm) -> sqrt(D) * sentence`: the sentence as the matching head reads it.
+    * `predict(features, text) -> [B]` logits: GALIP's NetC, the matching-aware head, on `text_input(s)`.
+    * `forward(clip_layers, sentence) -> [B]` logits = predict(features(clip_layers), text_input(sentence)).
     The logits are raw (hinge loss, no sigmoid). Computing `features` once lets a step judge one image
-    batch against the matching and the mismatched sentences.
+    batch against the matching and the mismatched sentences. MA-GP differentiates with respect to
+    `text_input(s)`, not s: with respect to the unit vector the text gradient is sqrt(D) times larger, and
+    its 6th power swamped the penalty (measured at initialisation: 5.1 against 0.11 for the image features),
+    which taught D to ignore the text.
     """
 
     def __init__(self, projection_dim: int, g_out_chans: int, d_in_chans: int, d_out_chans: int,
@@ -289,13 +297,15 @@ class Discriminator(nn.Module):
         self.is_placeholder = stage > 0
         if self.is_placeholder:
             return
-        # NetD: two residual blocks that each add the next CLIP layer, then one to the embedding width.
+        # NetD: two residual blocks that each add the next CLIP layer, then one that narrows to the feature
+        # width (GALIP: 768 -> 512, the embedding width; never wider than the CLIP tokens).
+        self.feature_chans = min(d_in_chans, clip_embedding_dim)
         self.blocks = nn.ModuleList([DBlock(d_in_chans, d_in_chans, clip_skip=True)
                                      for _ in range(NUM_CLIP_LAYERS - 1)])
-        self.main = DBlock(d_in_chans, clip_embedding_dim, clip_skip=False)
+        self.main = DBlock(d_in_chans, self.feature_chans, clip_skip=False)
         # NetC: [features, tiled sentence] -> conv 4x4 (7 -> 4) -> LReLU -> conv 4x4 (4 -> 1).
         self.joint_conv = nn.Sequential(
-            nn.Conv2d(2 * clip_embedding_dim, projection_dim, kernel_size=4, bias=False),
+            nn.Conv2d(self.feature_chans + clip_embedding_dim, projection_dim, kernel_size=4, bias=False),
             nn.LeakyReLU(0.2),
             nn.Conv2d(projection_dim, d_out_chans, kernel_size=4, bias=False),
         )
@@ -315,14 +325,26 @@ class Discriminator(nn.Module):
             out = block(out, clip_layers[:, index + 1])
         return self.main(out)
 
-    def predict(self, features: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+    def text_input(self, sentence: torch.Tensor) -> torch.Tensor:
+        return self.text_scale * sentence
+
+    def predict(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """NetC: conv4x4([features, text tiled over the grid]) -> LReLU -> conv4x4 -> logit.
+
+        The first convolution has no padding, so every output position sees the tiled text under every
+        kernel tap: the text's share of it is one matrix product with that half of the kernel summed over
+        its taps. Computed that way: the same function of the same weights as the concatenation, without
+        convolving D constant channels (half the head's input).
+        """
         self._check_active()
-        tiled = (self.text_scale * sentence)[:, :, None, None].expand(-1, -1, *features.shape[-2:])
-        logits = self.joint_conv(torch.cat([features, tiled], dim=1))
+        joint = self.joint_conv[0]
+        image_part, text_part = joint.weight.split([features.shape[1], text.shape[1]], dim=1)
+        out = F.conv2d(features, image_part) + (text @ text_part.sum(dim=(2, 3)).t())[:, :, None, None]
+        logits = self.joint_conv[1:](out)
         return logits.flatten(1).mean(1)  # [B, 1, 1, 1] -> [B]; mean over d_out_chans if more than one
 
     def forward(self, clip_layers: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        return self.predict(self.features(clip_layers), sentence)
+        return self.predict(self.features(clip_layers), self.text_input(sentence))
 
 
 def weight_init(layer: nn.Module) -> None:

@@ -52,10 +52,11 @@ def test_three_stage_shapes(batch):
     D.apply(weight_init)
     layers = torch.randn(batch, network_galip.NUM_CLIP_LAYERS, ND_SMALL, 7, 7)
     features = D.features(layers)
-    assert features.shape == (batch, CLIP_DIM, 7, 7)
+    assert features.shape == (batch, min(ND_SMALL, CLIP_DIM), 7, 7)
     logits = D(layers, text)
     assert logits.shape == (batch,)
-    assert torch.allclose(logits, D.predict(features, text))
+    assert torch.allclose(logits, D.predict(features, D.text_input(text)))
+    assert torch.allclose(D.text_input(text), math.sqrt(CLIP_DIM) * text)
 
 
 @pytest.mark.parametrize("num_stage", [1, 2, 3])
@@ -271,6 +272,23 @@ def test_discriminator_and_generator_losses_train_the_right_modules():
     assert fake_source.grad is not None and set(parts) == {"g_adv", "g_sim"}
 
 
+def test_discriminator_loss_penalises_the_gradient_at_the_text_the_head_reads():
+    """MA-GP in discriminator_loss is taken with respect to (real CLIP features, sqrt(D) s), and the hinge
+    terms pair real with matching text, real with the next sample's text, fake with matching text."""
+    torch.manual_seed(0)
+    D = Discriminator(PROJ, 3, ND_SMALL, 1, CLIP_DIM, 0, "cpu")
+    D.apply(weight_init)
+    real, fake, sentence = torch.randn(3, 3, ND_SMALL, 7, 7), torch.randn(3, 3, ND_SMALL, 7, 7), unit(3)
+    _, parts = gl.discriminator_loss(D, real, fake, sentence)
+    layers = real.clone().requires_grad_()
+    text = (math.sqrt(CLIP_DIM) * sentence).requires_grad_()
+    real_logits = D.predict(D.features(layers), text)
+    assert parts["d_ma_gp"] == pytest.approx(gl.ma_gp(real_logits, (layers, text)).item(), rel=1e-5)
+    assert parts["d_real"] == pytest.approx(gl.hinge_real(D(real, sentence)).item(), rel=1e-5)
+    assert parts["d_fake"] == pytest.approx(gl.hinge_fake(D(fake, sentence)).item(), rel=1e-5)
+    assert parts["d_mismatch"] == pytest.approx(gl.hinge_fake(D(real, sentence.roll(-1, 0))).item(), rel=1e-5)
+
+
 def test_text_image_similarity_is_the_mean_cosine():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     b = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
@@ -347,3 +365,22 @@ def test_one_training_step_with_a_tiny_clip(tiny_clip_path):
     assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(d_before, D.parameters()))
     assert all(not p.requires_grad for p in clip_model.parameters())
+
+
+def test_matching_head_equals_the_convolution_of_the_concatenation():
+    torch.manual_seed(0)
+    D = Discriminator(PROJ, 3, ND_SMALL, 1, CLIP_DIM, 0, "cpu")
+    features, text = torch.randn(3, D.feature_chans, 7, 7), torch.randn(3, CLIP_DIM)
+    tiled = text[:, :, None, None].expand(-1, -1, 7, 7)
+    expected = D.joint_conv(torch.cat([features, tiled], dim=1)).flatten()
+    assert torch.allclose(D.predict(features, text), expected, atol=1e-5)
+
+
+def test_patch_embedding_equals_clip_convolution(tiny_clip_path):
+    clip_model = clip_utils.load_clip(tiny_clip_path, "cpu")
+    conv1 = clip_model.visual.conv1
+    images = torch.randn(2, 3, 224, 224)
+    expected = conv1(images).flatten(2).transpose(1, 2)
+    assert torch.allclose(gl.patch_embedding(conv1, images), expected, atol=1e-4)
+    with pytest.raises(ValueError):
+        gl.patch_embedding(nn.Conv2d(3, 8, 4, stride=2), images)
