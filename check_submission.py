@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-import clip_utils
-import plots
-from checkpoints import (HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator, build_generator,
-                         discriminator_file, generator_file)
-from generate_image import CLIP_SHORT_NAMES, encode_prompt, generate, save_results
-from network import count_parameters
+from t2i import clip_utils, plots
+from t2i.checkpoints import (HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator, build_generator,
+                             clean_epoch_advice, describe_mismatch, discriminator_file, generator_file,
+                             read_run_record)
+from t2i.datasets import clip_mismatch
+from t2i.devices import resolve_device
+from t2i.errors import T2IError, one_line_errors
+from t2i.files import (atomic_write, human_size, make_folder, nonfinite_tensors, read_torch_file,
+                       remove_stale_temp_files)
+from t2i.generation import check_out_dir, encode_prompt, generate, save_results
 
 GRADER_PROMPTS = (
     "The woman is young and has blond hair, and arched eyebrows.",
@@ -58,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_path", required=True, help="folder with hyperparameter.pt and the epoch files")
     parser.add_argument("--epoch", type=int, required=True, help="the epoch N to submit (epoch_N_Gen.pt)")
     parser.add_argument("--clip_model", default="ViT-B/32",
-                        help="B/32, L/14, B/16, a full CLIP name, or a local CLIP state-dict file")
+                        help="B/32, L/14, B/16, a full CLIP name, or a local CLIP file (see main.py's --clip_model)")
+    parser.add_argument("--allow_clip_mismatch", action="store_true",
+                        help="accept a --clip_model other than the CLIP the checkpoint was trained with")
     parser.add_argument("--out_dir", default="submission_check", help="where the prompts' images go")
     parser.add_argument("--seed", type=int, default=0, help="noise seed for the prompt images")
     parser.add_argument("--num_images", type=int, default=4, help="images per prompt (the grid shows them all)")
@@ -67,26 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def human_size(num_bytes: int) -> str:
-    size = float(num_bytes)
-    for unit in ("B", "KB", "MB"):
-        if size < 1024:
-            return f"{num_bytes} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
-
-
-def load_dict(path: str, result: CheckResult, missing: str, load_hint: str, kind: str) -> dict | None:
+def load_dict(path: str, result: CheckResult, missing: str, kind: str) -> dict | None:
     """torch.load(path, weights_only=True) as the graders load it, or None with the problem recorded: the file is
-    missing (`missing` says why that matters), unreadable (`load_hint` says what to save instead) or not a dict."""
+    missing (`missing` says why that matters), unreadable (the cause and what to do) or not a dict."""
     if not os.path.isfile(path):
         result.problem(path, missing)
         return None
     result.files.append(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        result.problem(path, f"not loadable with torch.load(weights_only=True) ({type(err).__name__}); {load_hint}")
+        loaded = read_torch_file(path, kind, "copy it again from the training run, or submit another epoch")
+    except T2IError as err:
+        result.problems.append(str(err))
         return None
     if not isinstance(loaded, dict):
         result.problem(path, f"holds a {type(loaded).__name__}, not a {kind}")
@@ -97,8 +94,7 @@ def load_dict(path: str, result: CheckResult, missing: str, load_hint: str, kind
 def read_hyperparameters(checkpoint_path: str, result: CheckResult) -> dict | None:
     """hyperparameter.pt as the graders read it, or None (with the problem recorded)."""
     path = os.path.join(checkpoint_path, HYPERPARAMETER_FILE)
-    hyp = load_dict(path, result, "missing; the graders build the models from it",
-                    "it must hold a plain dict of numbers and booleans", "dict")
+    hyp = load_dict(path, result, "missing; the graders build the models from it", "dict")
     if hyp is None:
         return None
     missing = [key for key in HYPERPARAMETER_KEYS if key not in hyp]
@@ -115,23 +111,9 @@ def read_hyperparameters(checkpoint_path: str, result: CheckResult) -> dict | No
     return hyp
 
 
-def describe_mismatch(model: nn.Module, state: dict) -> str:
-    """Why `state` does not load strictly into `model`: counts and first examples of each kind of mismatch."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    shapes = [f"{key} {list(state[key].shape)} vs {list(expected[key].shape)}" for key in expected
-              if key in state and isinstance(state[key], torch.Tensor) and state[key].shape != expected[key].shape]
-    parts = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            parts.append(f"{len(items)} {label} (e.g. {items[0]})")
-    return "; ".join(parts) or "load_state_dict refused it"
-
-
-def load_strictly(model: nn.Module, path: str, what: str, result: CheckResult) -> bool:
+def load_strictly(model: nn.Module, path: str, what: str, result: CheckResult, num_stage: int | None = None) -> bool:
     """Load `path` into `model` as the graders do (weights_only=True, strict); record a problem if it fails."""
-    state = load_dict(path, result, "missing", "save model.state_dict(), not the model", "state dict")
+    state = load_dict(path, result, "missing", "state dict")
     if state is None:
         return False
     try:
@@ -140,12 +122,19 @@ def load_strictly(model: nn.Module, path: str, what: str, result: CheckResult) -
         result.problem(path, f"does not fit the {what} built from {HYPERPARAMETER_FILE}: "
                              f"{describe_mismatch(model, state)}")
         return False
-    bad = [key for key, value in state.items()
-           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    bad = nonfinite_tensors(state)
     if bad:
-        result.problem(path, f"{len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}); submit an earlier epoch")
+        advice = clean_epoch_advice([os.path.dirname(path)], num_stage, before=epoch_number(path)) \
+            if num_stage is not None else "an earlier epoch may be clean"
+        result.problem(path, f"{len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}): the run had diverged; "
+                             f"{advice}: submit that one")
         return False
     return True
+
+
+def epoch_number(path: str) -> int | None:
+    match = re.fullmatch(r"epoch_(\d+)_.*\.pt", os.path.basename(path))
+    return int(match.group(1)) if match else None
 
 
 def stray_discriminators(checkpoint_path: str, epoch: int, num_stage: int) -> list[str]:
@@ -158,18 +147,23 @@ def stray_discriminators(checkpoint_path: str, epoch: int, num_stage: int) -> li
 def generate_prompts(generator: nn.Module, hyp: dict, args: argparse.Namespace, device: torch.device,
                      result: CheckResult) -> None:
     """Generate GRADER_PROMPTS like the graders' generate_image.py; save result_*.png per prompt and one grid."""
-    clip_name = CLIP_SHORT_NAMES.get(args.clip_model, args.clip_model)
     try:
-        clip_model = clip_utils.load_clip(clip_name, device)
-    except Exception as err:
-        result.problem(f"--clip_model {args.clip_model}", f"cannot load CLIP to generate the prompts "
-                                                          f"({type(err).__name__}: {err})")
+        clip_model = clip_utils.load_clip(args.clip_model, device)
+    except T2IError as err:
+        result.problems.append(f"cannot load CLIP to generate the prompts: {err}")
         return
     dim = clip_utils.clip_embedding_dim(clip_model)
     if dim != hyp["clip_embedding_dim"]:
         result.problem(os.path.join(args.checkpoint_path, HYPERPARAMETER_FILE),
                        f"clip_embedding_dim is {hyp['clip_embedding_dim']} but --clip_model {args.clip_model} "
                        f"gives {dim}-d embeddings; the graders encode prompts with ViT-B/32 (512)")
+        return
+    record = read_run_record(args.checkpoint_path)
+    used = clip_utils.clip_identity_of(clip_model)
+    mismatch = clip_mismatch(record and record.get("clip"), f"the checkpoint in {args.checkpoint_path}", used,
+                             f"--clip_model {used['name']}")
+    if mismatch is not None and not args.allow_clip_mismatch:
+        result.problems.append(f"{mismatch} (the graders encode their prompts with ViT-B/32)")
         return
     torch.manual_seed(args.seed)
     largest = []
@@ -198,7 +192,7 @@ def generate_prompts(generator: nn.Module, hyp: dict, args: argparse.Namespace, 
 def check(args: argparse.Namespace) -> CheckResult:
     """Every check, in the order the graders would hit the problems."""
     result = CheckResult()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if not os.path.isdir(args.checkpoint_path):
         result.problem(args.checkpoint_path, "no such folder (--checkpoint_path)")
         return result
@@ -214,16 +208,18 @@ def check(args: argparse.Namespace) -> CheckResult:
     discriminators = [build_discriminator(hyp, stage, device) for stage in range(hyp["num_stage"])]
     print(f"Checking epoch {args.epoch} in {args.checkpoint_path} ({hyp['num_stage']} stages, "
           f"Ng {hyp['g_in_chans']}, Nd {hyp['d_in_chans']}, CLIP {hyp['clip_embedding_dim']}-d)")
-    generator_ok = load_strictly(generator, generator_file(args.checkpoint_path, args.epoch), "Generator", result)
+    num_stage = hyp["num_stage"]
+    generator_ok = load_strictly(generator, generator_file(args.checkpoint_path, args.epoch), "Generator", result,
+                                 num_stage)
     for stage, discriminator in enumerate(discriminators):
         load_strictly(discriminator, discriminator_file(args.checkpoint_path, args.epoch, stage),
-                      f"Discriminator of stage {stage}", result)
+                      f"Discriminator of stage {stage}", result, num_stage)
     for path in stray_discriminators(args.checkpoint_path, args.epoch, hyp["num_stage"]):
         result.warnings.append(f"{path}: not graded (num_stage is {hyp['num_stage']}); is {HYPERPARAMETER_FILE} "
                                f"from the same run as the weights?")
 
-    counts = {generator_file(args.checkpoint_path, args.epoch): count_parameters(generator)}
-    counts.update({discriminator_file(args.checkpoint_path, args.epoch, stage): count_parameters(discriminator)
+    counts = {generator_file(args.checkpoint_path, args.epoch): parameter_count(generator)}
+    counts.update({discriminator_file(args.checkpoint_path, args.epoch, stage): parameter_count(discriminator)
                    for stage, discriminator in enumerate(discriminators)})
     for path in result.files:
         parameters = f"{counts[path]:>13,} parameters" if path in counts else ""
@@ -237,42 +233,49 @@ def check(args: argparse.Namespace) -> CheckResult:
     return result
 
 
+def parameter_count(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
 def pack(paths: list[str], zip_path: str) -> None:
-    """The graded files, flat, in a zip (written to a temporary name first, so a failed pack leaves nothing)."""
-    os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
-    tmp_path = f"{zip_path}.tmp-{os.getpid()}"
-    try:
+    """The graded files, flat, in a zip (written atomically, so a failed pack leaves nothing)."""
+    folder = os.path.dirname(os.path.abspath(zip_path))
+    make_folder(folder, "--zip")
+    remove_stale_temp_files(folder, lambda name: name == os.path.basename(zip_path))
+
+    def write(f) -> None:
         # The .pt files are zip archives already: storing them costs no space and saves the compression time.
-        with zipfile.ZipFile(tmp_path, "w", compression=zipfile.ZIP_STORED) as archive:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
             for path in paths:
                 archive.write(path, arcname=os.path.basename(path))
-        os.replace(tmp_path, zip_path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+
+    atomic_write(zip_path, write)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.num_images < 1:
-        print("error: --num_images must be at least 1", file=sys.stderr)
-        return 1
-    result = check(args)
-    for warning in result.warnings:
-        print(f"warning: {warning}")
-    if result.images:
-        print("Prompt images (look at them: 10 points a prompt whose image matches its text):")
-        for path in result.images:
-            print(f"  {path}")
-    if result.problems:
-        for problem in result.problems:
-            print(f"PROBLEM: {problem}", file=sys.stderr)
-        print(f"FAILED: {len(result.problems)} problem(s) would cost points; fix them before submitting"
-              + (f" (nothing packed into {args.zip})" if args.zip else ""), file=sys.stderr)
-        return 1
-    if args.zip:
-        pack(result.files, args.zip)
-        print(f"Packed {len(result.files)} files into {args.zip} ({human_size(os.path.getsize(args.zip))})")
+    with one_line_errors():
+        if args.num_images < 1:
+            raise T2IError(f"--num_images {args.num_images}: must be at least 1")
+        check_out_dir(args.out_dir)
+        if args.zip is not None and os.path.isdir(args.zip):
+            raise T2IError(f"--zip {args.zip}: is a folder; give the zip's file name")
+        result = check(args)
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        if result.images:
+            print("Prompt images (look at them: 10 points a prompt whose image matches its text):")
+            for path in result.images:
+                print(f"  {path}")
+        if result.problems:
+            for problem in result.problems:
+                print(f"PROBLEM: {problem}", file=sys.stderr)
+            print(f"FAILED: {len(result.problems)} problem(s) would cost points; fix them before submitting"
+                  + (f" (nothing packed into {args.zip})" if args.zip else ""), file=sys.stderr)
+            return 1
+        if args.zip:
+            pack(result.files, args.zip)
+            print(f"Packed {len(result.files)} files into {args.zip} ({human_size(os.path.getsize(args.zip))})")
     print(f"OK: epoch {args.epoch} in {args.checkpoint_path} loads exactly as the graders load it")
     return 0
 

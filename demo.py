@@ -26,16 +26,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 
 import check_submission
-import clip_utils
 import evaluate
 import generate_image
 import main as train_cli
-import metrics
-import preprocess
+import preproc_datasets_celeba_zip_test
+import preproc_datasets_celeba_zip_train
 import synthetic_data
+from t2i import clip_utils, metrics
+from t2i.devices import resolve_device
 
 DEMO_PROMPTS = (
     "The person has blond hair, has pale skin, is in front of a blue background and wears eyeglasses.",
@@ -156,7 +156,7 @@ def run_step(name: str, entry_point: Callable[[], object], timings: dict) -> Non
 def run_demo(args: argparse.Namespace) -> dict:
     """Run every step; return the paths and figures the summary prints."""
     sizes = QUICK if args.quick else FULL
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     out = os.path.abspath(args.out_dir)
     data, ckpt, results = (os.path.join(out, name) for name in ("data", "checkpoints", "results"))
     os.makedirs(data, exist_ok=True)
@@ -176,11 +176,13 @@ def run_demo(args: argparse.Namespace) -> dict:
         ["--out", data, "--num_images", str(sizes.num_images), "--num_train", str(sizes.num_train),
          "--num_test", str(sizes.num_test), "--size", str(sizes.raw_size), "--seed", "0"]), timings)
     source = os.path.join(data, "multimodal_celeba_hq.zip")
+    commands = {"train": preproc_datasets_celeba_zip_train.convert_dataset,
+                "test": preproc_datasets_celeba_zip_test.convert_dataset}
     for split, dest in (("train", train_zip), ("test", test_zip)):
-        run_step(f"2. preprocess the {split} split", lambda split=split, dest=dest: preprocess.main(
+        run_step(f"2. preprocess the {split} split", lambda split=split, dest=dest: commands[split].main(
             ["--source", source, "--dest", dest, "--emb_dim", "512", "--transform", "center-crop", "--width", "256",
              "--height", "256", "--clip_model", clip_model, "--device", device, "--batch_size", "16",
-             "--num_workers", "2", "--overwrite"], split), timings)
+             "--num_workers", "2", "--overwrite"], standalone_mode=False), timings)
     # Course values except the model widths and the epochs; no EMA: over a few dozen steps an average with
     # decay 0.999 would still be almost the initial generator.
     run_step("3. train", lambda: train_cli.main(

@@ -2,7 +2,7 @@
 
 Every name and signature here is the course's; the graders' copies of the other harness files call them.
 Writes are atomic (temporary file + rename) so a Colab disconnect during a save never leaves a broken file
-in place of a good one, and loading uses `weights_only=True`.
+in place of a good one, and loading uses `weights_only=True` (`t2i/files.py`, `t2i/checkpoints.py`).
 """
 from __future__ import annotations
 
@@ -12,19 +12,17 @@ from argparse import Namespace
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize
+from torchvision.transforms import Compose, Normalize
 
-from checkpoints import HYPERPARAMETER_FILE, atomic_save, discriminator_file, generator_file, load_state_dict_file
-from image_ops import random_square_crop
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from t2i import image_ops
+from t2i.checkpoints import HYPERPARAMETER_FILE, discriminator_file, generator_file, load_weights
+from t2i.errors import T2IError
+from t2i.files import atomic_save
 
 
 def error(msg: str) -> None:
     """Print a one-line error and stop the program."""
-    print("Error: " + msg, file=sys.stderr)
+    print("error: " + msg, file=sys.stderr)
     sys.exit(1)
 
 
@@ -51,29 +49,19 @@ def denormalize_image(x: torch.Tensor) -> torch.Tensor:
 
 def clip_transform(n_px: int) -> Compose:
     """Bicubic resize of the short side to n_px, then a centre crop to n_px x n_px (works on batches)."""
-    return Compose([Resize(n_px, interpolation=InterpolationMode.BICUBIC), CenterCrop(n_px)])
+    return image_ops.clip_resize(n_px)
 
 
 def custom_reshape(img: torch.Tensor, mode: str = "bicubic", ratio: float = 0.99,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """One random square crop of at least `ratio` of the side, resized to 224 (the same for the whole batch).
-
-    Images under 224 px are instead padded with 1.0 (white) at a random offset. `generator` makes the crop
-    reproducible (preprocessing); by default the global torch RNG is used.
-    """
-    size = img.shape[-2]
-    if size < 224:
-        pad_left = int(torch.randint(0, 224 - size + 1, (), generator=generator))
-        pad_top = int(torch.randint(0, 224 - size + 1, (), generator=generator))
-        return F.pad(img, (pad_left, 224 - size - pad_left, pad_top, 224 - size - pad_top), value=1.0)
-    crop, left, top = random_square_crop(size, ratio, generator)
-    cropped = img[..., top:top + crop, left:left + crop]
-    return F.interpolate(cropped, size=(224, 224), mode=mode, align_corners=False)
+    """One random square crop of at least `ratio` of the side, resized to 224 (the same for the whole batch);
+    images under 224 px are padded with 1.0 at a random offset instead. `generator`: see image_ops."""
+    return image_ops.random_crop_resize(img, mode, ratio, generator)
 
 
 def clip_preprocess() -> Normalize:
     """CLIP's input normalisation, for [0, 1] images."""
-    return Normalize(CLIP_MEAN, CLIP_STD)
+    return image_ops.clip_normalize()
 
 
 def save_hyp(args: Namespace, g_in_chans: int, g_out_chans: int, d_in_chans: int, d_out_chans: int) -> None:
@@ -113,12 +101,12 @@ def save_model(args: Namespace, Generator: nn.Module, Discriminators: list[nn.Mo
 
 
 def load_checkpoint(G: nn.Module, D_lst: list[nn.Module], checkpoint_path: str, epoch: int) -> None:
-    """Load epoch `epoch`'s generator and discriminators strictly and put them in eval mode."""
+    """Load epoch `epoch`'s generator and discriminators strictly and put them in eval mode; a missing, damaged
+    or foreign file stops the program with one line naming it."""
     try:
-        load_state_dict_file(G, generator_file(checkpoint_path, epoch))
-        G.eval()
-        for stage, D in enumerate(D_lst):
-            load_state_dict_file(D, discriminator_file(checkpoint_path, epoch, stage))
-            D.eval()
-    except (FileNotFoundError, RuntimeError) as err:
+        load_weights(G, D_lst, checkpoint_path, epoch)
+    except T2IError as err:
         error(str(err))
+    G.eval()
+    for D in D_lst:
+        D.eval()

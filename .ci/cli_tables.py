@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import importlib.util
+import importlib
 import os
 import sys
 from typing import Callable, Iterator
@@ -45,28 +45,26 @@ def capture_parser(entry_point: Callable[[], object]) -> argparse.ArgumentParser
 
 
 def load_module(relative_path: str):
-    if "/" not in relative_path:
-        return importlib.import_module(relative_path.removesuffix(".py"))
-    name = "_cli_" + relative_path.replace("/", "_").removesuffix(".py")
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look modules up there
-    spec.loader.exec_module(module)
-    return module
+    """A script as a module: `main.py` -> main, `benchmarks/load.py` -> benchmarks.load."""
+    return importlib.import_module(relative_path.removesuffix(".py").replace("/", "."))
 
 
 def parser_factory(relative_path: str) -> Callable[[], argparse.ArgumentParser]:
     """How to get a script's parser: its build_parser(), else whatever its main() or parse_args() builds."""
     module = load_module(relative_path)
-    if relative_path.startswith("preproc_datasets_celeba_zip_"):
-        import preprocess
-        split = "train" if relative_path.endswith("_train.py") else "test"
-        return lambda: preprocess.build_parser(split)
     if hasattr(module, "build_parser"):
         return module.build_parser
     if hasattr(module, "parse_args"):
         return lambda: capture_parser(lambda: module.parse_args([]))
     return lambda: capture_parser(lambda: module.main())
+
+
+def click_command(relative_path: str):
+    """The click command of a script that has one (the preprocessing commands' convert_dataset), else None."""
+    import click
+
+    command = getattr(load_module(relative_path), "convert_dataset", None)
+    return command if isinstance(command, click.Command) else None
 
 
 @contextlib.contextmanager
@@ -94,7 +92,42 @@ def cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def command_line(script: str) -> str:
+    return f"python -m {script.removesuffix('.py').replace('/', '.')}" if "/" in script else f"python {script}"
+
+
 def flag_table(script: str) -> str:
+    command = click_command(script)
+    rows = click_rows(command) if command is not None else argparse_rows(script)
+    description = rows.pop(0)
+    lines = [f"### `{command_line(script)}`", "", description, "",
+             "| flag | type | default | description |", "| --- | --- | --- | --- |"]
+    lines += [f"| {flag} | {kind_} | {cell(default)} | {cell(help_)} |" for flag, kind_, default, help_ in rows]
+    return "\n".join(lines)
+
+
+def click_rows(command) -> list:
+    """The description, then (flag, type, default, help) of each option of a click command."""
+    import click
+
+    rows: list = [cell((command.help or "").strip().splitlines()[0])]
+    for param in command.params:
+        flag = " / ".join(f"`{option}`" for option in param.opts)
+        if param.is_flag:
+            kind_, default = "switch", "off"
+        elif isinstance(param.type, click.Choice):
+            kind_, default = " \\| ".join(f"`{choice}`" for choice in param.type.choices), f"`{param.default}`"
+        else:
+            kind_ = {"integer": "int", "float": "float"}.get(param.type.name, "text")
+            default = "**required**" if param.required else ("" if param.default is None else f"`{param.default}`")
+        if param.name == "num_workers":
+            default = MACHINE_DEPENDENT
+        rows.append((flag, kind_, default, param.help or ""))
+    return rows
+
+
+def argparse_rows(script: str) -> list:
+    """The description, then (flag, type, default, help) of each argument of a script's argparse parser."""
     factory = parser_factory(script)
     # Defaults computed from the machine (CPU count, CUDA) would make the tables differ between machines:
     # build the parser on two imaginary machines and mark what changes.
@@ -105,9 +138,7 @@ def flag_table(script: str) -> str:
     other_defaults = {action.dest: action.default for action in other._actions}
     # A plain formatter: ArgumentDefaultsHelpFormatter would repeat the default column inside the help text.
     formatter = argparse.HelpFormatter(parser.prog)
-    description = cell((parser.description or "").strip().splitlines()[0] if parser.description else "")
-    lines = [f"### `python {script}`", "", description, "",
-             "| flag | type | default | description |", "| --- | --- | --- | --- |"]
+    rows: list = [cell((parser.description or "").strip().splitlines()[0] if parser.description else "")]
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
             continue
@@ -124,9 +155,8 @@ def flag_table(script: str) -> str:
             default = ""
         else:
             default = f"`{action.default!r}`" if action.default == "" else f"`{action.default}`"
-        lines.append(f"| {flag} | {kind(action)} | {cell(default)} | "
-                     f"{cell(formatter._expand_help(action) if action.help else '')} |")
-    return "\n".join(lines)
+        rows.append((flag, kind(action), default, formatter._expand_help(action) if action.help else ""))
+    return rows
 
 
 def kind(action: argparse.Action) -> str:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import clip_utils
-from image_ops import clip_view
+from t2i import clip_utils
+from t2i.image_ops import clip_view
 from train_utils import clip_preprocess, normalize
 
 # Two 128-wide layers in the image tower: the second layer's class token can then gather position-specific

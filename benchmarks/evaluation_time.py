@@ -1,6 +1,6 @@
 """Time each phase of the evaluation on random weights, and extrapolate to the 6000-image test split.
 
-    python benchmarks/evaluation_time.py --num_images 200 --batch_size 64 --device cuda
+    python -m benchmarks.evaluation_time --num_images 200 --batch_size 64 --device cuda
 
 Builds everything locally (nothing is downloaded): a course-size generator (Ng 1024, 3 stages), a random-weight
 InceptionV3 in torch-fidelity's layout, a random CLIP (ViT-B/32 layout by default) and a test zip of smooth
@@ -12,7 +12,6 @@ import argparse
 import io
 import json
 import os
-import sys
 import tempfile
 import time
 import zipfile
@@ -22,12 +21,9 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import clip_utils  # noqa: E402
-import evaluate  # noqa: E402
-import metrics  # noqa: E402
-import network  # noqa: E402
+import network
+from t2i import clip_utils, evaluation, metrics
 
 TEST_SPLIT = 6000
 
@@ -82,9 +78,9 @@ def main() -> None:
         generator = network.Generator(512, 128, 100, args.g_in_chans, 3, 3, device).to(device)
         generator.apply(network.weight_init)
 
-        dataset = timed("load test zip", seconds, evaluate.load_test_dataset, zip_path, 512, False)
+        dataset = timed("load test zip", seconds, evaluation.load_test_dataset, zip_path, 512, False)
         clip_model = clip_utils.load_clip(clip_path, device)
-        evaluator = timed("load inception", seconds, lambda: evaluate.Evaluator(
+        evaluator = timed("load inception", seconds, lambda: evaluation.Evaluator(
             dataset, batch_size=args.batch_size, device=device, clip_model=clip_model,
             inception_weights=inception_path, progress=False))
         timed("real inception features", seconds, evaluator.real_features)

@@ -1,11 +1,11 @@
 """Load time and peak RSS of ZipDataset against a loader that behaves like the course's, for N images.
 
-The preprocessed zip is written directly (random photo-like images and random embeddings) with preprocess.py's
+The preprocessed zip is written directly (random photo-like images and random embeddings) with the preprocessing's
 own writer, so it has exactly the real format without running CLIP. Each loader runs in a fresh subprocess so
 its peak RSS is its own.
 
-    python benchmarks/load.py --n 2400
-    python benchmarks/load.py --n 24000 --captions 4 --course_max 0
+    python -m benchmarks.load --n 2400
+    python -m benchmarks.load --n 24000 --captions 4 --course_max 0
 """
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ import PIL.Image
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def write_zip(path: str, n: int, captions: int, emb_dim: int, size: int) -> None:
-    from preprocess import PreprocessedZipWriter
+    from t2i.preprocessing import PreprocessedZipWriter
 
     rng = np.random.default_rng(0)
     # Smooth colour fields plus grain: a stand-in for photos (the stored PNGs are uncompressed, so content
@@ -65,7 +64,7 @@ def course_style_load(path: str) -> int:
 def child(kind: str, path: str) -> None:
     start = time.perf_counter()
     if kind == "ours":
-        from read_dataset import ZipDataset
+        from t2i.zip_dataset import ZipDataset
 
         dataset = ZipDataset(path, 3, progress=False)
         dataset[0]
@@ -78,7 +77,7 @@ def child(kind: str, path: str) -> None:
 
 
 def measure(kind: str, path: str) -> dict:
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, path],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.load", "--child", kind, path],
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 

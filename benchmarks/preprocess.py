@@ -3,33 +3,31 @@
 Builds a synthetic raw dataset and a random-weight ViT-B/32 CLIP in a temporary folder, then runs the train
 preprocessing twice: with --batch_size B and decoding threads, and with --batch_size 1 and one thread.
 
-    python benchmarks/preprocess.py --n 48 --batch_size 16
-    python benchmarks/preprocess.py --n 512 --batch_size 128 --device cuda
+    python -m benchmarks.preprocess --n 48 --batch_size 16
+    python -m benchmarks.preprocess --n 512 --batch_size 128 --device cuda
 """
 from __future__ import annotations
 
 import argparse
+from argparse import Namespace
 import os
-import sys
 import tempfile
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import clip_utils  # noqa: E402
-import preprocess  # noqa: E402
-import synthetic_data  # noqa: E402
+import preproc_datasets_celeba_zip_train
+from t2i import clip_utils, preprocessing, synthetic
 
 
 def throughput(source: str, clip_path: str, dest: str, device: str, batch_size: int, workers: int, n: int,
                captions: int) -> float:
-    args = preprocess.build_parser("train").parse_args(
-        ["--source", source, "--dest", dest, "--clip_model", clip_path, "--device", device, "--max-images", str(n),
-         "--batch_size", str(batch_size), "--num_workers", str(workers), "--num_captions", str(captions),
-         "--overwrite"])
-    summary = preprocess.run(args, "train")
+    argv = ["--source", source, "--dest", dest, "--clip_model", clip_path, "--device", device, "--max-images", str(n),
+            "--batch_size", str(batch_size), "--num_workers", str(workers), "--num_captions", str(captions),
+            "--overwrite"]
+    # The train command's own option parsing, then the pipeline itself (whose summary holds the timing).
+    values = preproc_datasets_celeba_zip_train.convert_dataset.make_context("preprocess", argv).params
+    summary = preprocessing.run(Namespace(**values), "train")
     return summary.written / summary.seconds
 
 
@@ -43,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         clip_path = clip_utils.make_random_clip(os.path.join(folder, "vit_b_32_random.pt"), "vit-b-32", 512)
-        raw = synthetic_data.write_raw_dataset(folder, num_images=args.n, num_train=args.n, num_test=0, size=512,
+        raw = synthetic.write_raw_dataset(folder, num_images=args.n, num_train=args.n, num_test=0, size=512,
                                                seed=0, long_captions=0.05)
         source, dest = raw["paths"]["source"], os.path.join(folder, "out.zip")
         # A short warm-up so both measurements start with loaded weights and warm kernels.

@@ -1,14 +1,14 @@
-"""Seconds, peak memory and FLOPs per training iteration: our `train.Trainer.step` against the course's
+"""Seconds, peak memory and FLOPs per training iteration: our `train.train_step` against the course's
 straightforward completion of the skeleton, on synthetic batches, on the same machine in the same run.
 
-    python benchmarks/train_step.py                          # batch 8, 3 stages, Ng 1024, Nd 64, both impls
-    python benchmarks/train_step.py --impl ours --batch_size 24 --iters 3
-    python benchmarks/train_step.py --amp                    # bf16 autocast on CPU, fp16 + GradScaler on CUDA
-    python benchmarks/train_step.py --impl ours --breakdown --profile   # where the FLOPs and the time go
+    python -m benchmarks.train_step                          # batch 8, 3 stages, Ng 1024, Nd 64, both impls
+    python -m benchmarks.train_step --impl ours --batch_size 24 --iters 3
+    python -m benchmarks.train_step --amp                    # fp16 + GradScaler on CUDA (bf16 on a CPU with bf16)
+    python -m benchmarks.train_step --impl ours --breakdown --profile   # where the FLOPs and the time go
 
 Each implementation runs in its own subprocess (this script re-invokes itself), so its peak RSS is its own.
 The ViT-B/32-sized CLIP with random weights is written once by the parent into a temporary folder
-(`clip_utils.make_random_clip`) and loaded by each child with `clip_utils.load_clip`, as training loads it.
+(`t2i.clip_utils.make_random_clip`) and loaded by each child with `load_clip`, as training loads it.
 
 Per implementation: one iteration under `torch.utils.flop_counter.FlopCounterMode` (it also serves as a
 warm-up; the count includes forward and backward of every model and CLIP), `--warmup` more untimed
@@ -26,7 +26,7 @@ and `max_memory_reserved` of the training iterations.
     align heads (the contract's forward runs both), for the real and the fake batch separately: the trunk
     runs 4 times per stage in the D step (2 without the unconditional loss);
   * G step: again one D call per head on the fakes (D's weights still require grad, as in the skeleton, so
-    the backward also computes D weight gradients that the next D step zeroes); L_ConG on the last stage
+    the backward also computes D weight gradients that the next D step zeroes); L_ConG on the 256 px stage
     through CLIP (frozen weights, gradient to the image); KL; BCELoss on the sigmoid outputs.
 Both use the models of network.py, Adam(lr 2e-4, betas (0.5, 0.999)) and the guideline's loss weights.
 """
@@ -47,8 +47,6 @@ import torch
 import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 CLIP_DIM, PROJECTION_DIM, NOISE_DIM, LEARNING_RATE = 512, 128, 100, 2e-4
 GAMMA, LAM, BETA, TAU = 5.0, 10.0, 1.0, 0.5  # the guideline's loss weights
@@ -128,7 +126,7 @@ class CourseTrainer:
         return loss
 
     def contrastive_loss_G(self, fake_image: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        import clip_utils
+        from t2i import clip_utils
         from train_utils import clip_preprocess, clip_transform, custom_reshape, denormalize_image
 
         image = clip_preprocess()(custom_reshape(clip_transform(224)(denormalize_image(fake_image.float()))))
@@ -165,7 +163,7 @@ class CourseTrainer:
             g_loss = 0.0
             for stage, D in enumerate(self.D_list):
                 g_loss = g_loss + self.G_loss(D, fake_images[stage], mu, txt_feature, g_label)
-            if self.opts.use_contrastive_loss:
+            if self.opts.use_contrastive_loss and fake_images[-1].shape[-1] >= 256:
                 g_loss = g_loss + LAM * self.contrastive_loss_G(fake_images[-1], txt_feature)
         g_loss = g_loss + BETA * KL_divergence(mu.float(), log_sigma.float())
         self.scaler_g.scale(g_loss).backward()
@@ -179,36 +177,47 @@ class CourseTrainer:
 # ----------------------------------------------------------------------------------------------------------
 
 def build(opts: Namespace, device: torch.device):
-    """(step function, module list for the FLOP breakdown) of the chosen implementation."""
-    import clip_utils
+    """The step function (one iteration on a batch) of the chosen implementation."""
+    from t2i import clip_utils
 
     clip_model = None
     if opts.use_contrastive_loss:
         clip_model = clip_utils.load_clip(opts.clip_path, device)
     if opts.impl == "course":
-        trainer = CourseTrainer(opts, device, clip_model)
-        return trainer.step
-    import train
+        return CourseTrainer(opts, device, clip_model).step
+    return ours_step(opts, device, clip_model)
 
-    args = Namespace(
-        clip_embedding_dim=CLIP_DIM, projection_dim=PROJECTION_DIM, noise_dim=NOISE_DIM,
-        learning_rate=LEARNING_RATE, batch_size=opts.batch_size, num_stage=opts.num_stage,
-        use_uncond_loss=opts.use_uncond_loss, use_contrastive_loss=opts.use_contrastive_loss,
-        g_in_chans=opts.g_in_chans, d_in_chans=opts.d_in_chans, device=str(device), amp=opts.amp,
-        clip_model=opts.clip_path)
-    trainer = train.build_trainer(args, device, clip_model)
-    return trainer.step
+
+def ours_step(opts: Namespace, device: torch.device, clip_model: nn.Module | None):
+    """train.train_step on a one-batch loader, with the models, optimizers and run that train() builds."""
+    import train
+    from t2i import options
+    from t2i.training_run import build_training
+
+    args = options.complete(Namespace(
+        amp=opts.amp, use_uncond_loss=opts.use_uncond_loss, use_contrastive_loss=opts.use_contrastive_loss,
+        num_stage=opts.num_stage, g_in_chans=opts.g_in_chans, d_in_chans=opts.d_in_chans,
+        clip_embedding_dim=CLIP_DIM, projection_dim=PROJECTION_DIM, noise_dim=NOISE_DIM, learning_rate=LEARNING_RATE))
+    G, D_lst, optim_g, optim_d_lst, run = build_training(args, device)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def step(images: list[torch.Tensor], img_feature: torch.Tensor, txt_feature: torch.Tensor) -> None:
+        train.train_step([(images, img_feature, txt_feature)], NOISE_DIM, device, G, D_lst, optim_g, optim_d_lst,
+                         loss_fn, opts.num_stage, opts.use_uncond_loss, opts.use_contrastive_loss, 10 ** 9,
+                         clip_model, GAMMA, LAM, run=run)
+
+    return step
 
 
 def synthetic_batch(opts: Namespace, device: torch.device, seed: int):
-    from train_utils import normalize
+    from torch.nn.functional import normalize
 
     g = torch.Generator().manual_seed(seed)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     images = [(torch.rand(opts.batch_size, 3, 64 * 2 ** s, 64 * 2 ** s, generator=g) * 2 - 1)
               .to(device).contiguous(memory_format=memory_format) for s in range(opts.num_stage)]
-    img_feature = normalize(torch.randn(opts.batch_size, CLIP_DIM, generator=g)).to(device)
-    txt_feature = normalize(torch.randn(opts.batch_size, CLIP_DIM, generator=g)).to(device)
+    img_feature = normalize(torch.randn(opts.batch_size, CLIP_DIM, generator=g), dim=-1).to(device)
+    txt_feature = normalize(torch.randn(opts.batch_size, CLIP_DIM, generator=g), dim=-1).to(device)
     return images, img_feature, txt_feature
 
 
@@ -295,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
                    help="untimed iterations after the FLOP-counted one (which already warms up)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on CPU")
+                   help="mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on a CPU with bf16")
     p.add_argument("--impl", choices=["ours", "course", "both"], default="both")
     p.add_argument("--breakdown", action="store_true", help="print FLOPs per module (FlopCounterMode)")
     p.add_argument("--breakdown_depth", type=int, default=0, help="also per module, to this depth")
@@ -311,7 +320,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 
 
 def child_argv(opts: Namespace, impl: str, clip_path: str | None, out_path: str) -> list[str]:
-    argv = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--child_out", out_path,
+    argv = [sys.executable, "-m", "benchmarks.train_step", "--impl", impl, "--child_out", out_path,
             "--batch_size", str(opts.batch_size), "--num_stage", str(opts.num_stage),
             "--g_in_chans", str(opts.g_in_chans), "--d_in_chans", str(opts.d_in_chans), "--clip", opts.clip,
             "--iters", str(opts.iters), "--warmup", str(opts.warmup), "--device", opts.device,
@@ -384,13 +393,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="train_step_bench_") as tmp:
         clip_path = None
         if opts.use_contrastive_loss:
-            import clip_utils
+            from t2i import clip_utils
             clip_path = clip_utils.make_random_clip(os.path.join(tmp, f"clip_{opts.clip}.pt"), opts.clip, CLIP_DIM)
         results = []
         for impl in impls:
             out_path = os.path.join(tmp, f"{impl}.json")
             print(f"running {impl} ...", flush=True)
-            subprocess.run(child_argv(opts, impl, clip_path, out_path), check=True)
+            subprocess.run(child_argv(opts, impl, clip_path, out_path), check=True, cwd=ROOT)
             with open(out_path) as f:
                 results.append(json.load(f))
     report(opts, results)

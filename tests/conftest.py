@@ -8,7 +8,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import clip_utils  # noqa: E402
+from t2i import clip_utils  # noqa: E402
+
+
+def preprocess(argv: list[str], split: str) -> None:
+    """Run a preprocessing command (`preproc_datasets_celeba_zip_<split>.py`) as its command line would."""
+    import preproc_datasets_celeba_zip_test
+    import preproc_datasets_celeba_zip_train
+
+    command = {"train": preproc_datasets_celeba_zip_train, "test": preproc_datasets_celeba_zip_test}[split]
+    command.convert_dataset.main(argv, standalone_mode=False)
 
 
 @pytest.fixture(scope="session")
@@ -20,24 +29,31 @@ def tiny_clip_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory) -> dict:
     """A raw synthetic dataset: 30 ids (22 train, 6 test, 2 in neither), a fifth of the captions over 77 tokens."""
-    import synthetic_data
+    from t2i import synthetic
 
-    return synthetic_data.write_raw_dataset(str(tmp_path_factory.mktemp("raw")), num_images=30, num_train=22,
+    return synthetic.write_raw_dataset(str(tmp_path_factory.mktemp("raw")), num_images=30, num_train=22,
                                             num_test=6, size=256, seed=0, long_captions=0.2)
 
 
 @pytest.fixture(scope="session")
 def preprocessed_zips(synthetic_raw, tiny_clip_path, tmp_path_factory) -> dict:
     """The synthetic raw dataset preprocessed with the tiny CLIP: {'train': path, 'test': path}."""
-    import preprocess
-
     out = tmp_path_factory.mktemp("preprocessed")
     paths = {}
     for split in ("train", "test"):
         paths[split] = str(out / f"{split}.zip")
-        preprocess.main(["--source", synthetic_raw["paths"]["source"], "--dest", paths[split], "--clip_model",
+        preprocess(["--source", synthetic_raw["paths"]["source"], "--dest", paths[split], "--clip_model",
                          tiny_clip_path, "--batch_size", "8", "--num_workers", "2", "--device", "cpu"], split)
     return paths
+
+
+@pytest.fixture(scope="session")
+def small_train_zip(synthetic_raw, tiny_clip_path, tmp_path_factory) -> str:
+    """4 training images: one batch of 4 an epoch, for the tests that need the full 3-stage path but few steps."""
+    path = str(tmp_path_factory.mktemp("small") / "train_4.zip")
+    preprocess(["--source", synthetic_raw["paths"]["source"], "--dest", path, "--clip_model", tiny_clip_path,
+                "--max-images", "4", "--num_workers", "1", "--device", "cpu"], "train")
+    return path
 
 
 @pytest.fixture(scope="session")

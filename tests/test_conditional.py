@@ -1,5 +1,4 @@
 """The conditional benchmark's evaluator, and every training improvement flag against the checkpoint contract."""
-import importlib.util
 import os
 
 import numpy as np
@@ -7,17 +6,12 @@ import PIL.Image
 import pytest
 import torch
 
-import checkpoints
 import main as train_main
-from generate_image import encode_prompt, generate
-from train_utils import discriminator_file, generator_file
+from benchmarks import conditional
+from t2i import checkpoints
+from t2i.checkpoints import discriminator_file, generator_file
+from t2i.generation import encode_prompt, generate
 
-# Loaded from its path: putting benchmarks/ on sys.path would shadow top-level modules of the same name.
-_SPEC = importlib.util.spec_from_file_location(
-    "conditional", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
-                                "conditional.py"))
-conditional = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(conditional)
 
 
 def image_tensor(image: PIL.Image.Image) -> torch.Tensor:
@@ -53,7 +47,7 @@ class RenderingGenerator(torch.nn.Module):
 @pytest.fixture(scope="module")
 def held_out(tiny_clip_path):
     """Captions of 30 held-out combinations, their attributes, and their tiny-CLIP text features."""
-    import clip_utils
+    from t2i import clip_utils
 
     _, test_combos = conditional.split_combinations(30, seed=0)
     captions, targets = conditional.held_out_captions(test_combos, per_combo=2, seed=0)
@@ -143,8 +137,8 @@ def test_a_lone_flag_is_taken_as_the_value_of_train_args():
 
 
 def test_benchmark_clip_training_lowers_the_loss_and_saves_a_loadable_clip(tmp_path):
-    import clip_utils
-    import synthetic_data
+    from t2i import clip_utils
+    from t2i import synthetic as synthetic_data
 
     rng = np.random.default_rng(0)
     combos = conditional.all_combinations()[::19][:8]

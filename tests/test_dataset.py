@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from image_ops import decode_png, encode_png, stage_images_from_uint8
 from read_dataset import ZipDataset
+from t2i.errors import T2IError
+from t2i.image_ops import decode_png, encode_png, stage_images_from_uint8
 
 
 def normalize(x):
@@ -136,19 +137,19 @@ def test_png_codec_round_trip():
 
 
 def test_missing_or_corrupt_zip_errors(tmp_path, preprocessed_zips):
-    with pytest.raises(ValueError, match="nope.zip: no such file"):
+    with pytest.raises(T2IError, match="nope.zip: no such file"):
         ZipDataset(str(tmp_path / "nope.zip"), 3)
     garbage = tmp_path / "garbage.zip"
     garbage.write_bytes(b"this is not a zip")
-    with pytest.raises(ValueError, match="garbage.zip: not a readable zip"):
+    with pytest.raises(T2IError, match="garbage.zip: not a readable zip"):
         ZipDataset(str(garbage), 3)
     bare = tmp_path / "bare.zip"
     with zipfile.ZipFile(bare, "w") as archive:
         archive.writestr("00000/img00000000.png", encode_png(np.zeros((8, 8, 3), np.uint8)))
-    with pytest.raises(ValueError, match="bare.zip: corrupt or not a preprocessed zip"):
+    with pytest.raises(T2IError, match="bare.zip: corrupt or not a preprocessed zip"):
         ZipDataset(str(bare), 3)
     truncated = tmp_path / "truncated.zip"
     data = open(preprocessed_zips["test"], "rb").read()
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated.zip"):
+    with pytest.raises(T2IError, match="truncated.zip"):
         ZipDataset(str(truncated), 3)

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import train
-from network import DiscriminatorLogits
-from train_utils import KL_divergence, gather_all, normalize
+from train_utils import KL_divergence, normalize
 
 
 def test_kl_divergence_matches_the_closed_form():
@@ -36,7 +35,7 @@ def test_contrastive_loss_matches_the_formula():
 
 
 def test_contrastive_loss_g_uses_clip_image_features(tiny_clip_path):
-    import clip_utils
+    from t2i import clip_utils
 
     clip_model = clip_utils.load_clip(tiny_clip_path)
     torch.manual_seed(0)
@@ -56,7 +55,7 @@ def test_contrastive_loss_g_uses_clip_image_features(tiny_clip_path):
 
 
 def test_clip_view_is_the_clip_transform_and_custom_reshape_chain():
-    from image_ops import clip_view
+    from t2i.image_ops import clip_view
     from train_utils import clip_transform, custom_reshape
 
     for side in (64, 256):  # upsampled (the 64 px stage) and antialiased downsampling (the 256 px stage)
@@ -77,50 +76,80 @@ def test_clip_view_is_the_clip_transform_and_custom_reshape_chain():
         clip_view(torch.rand(1, 3, 64, 32))
 
 
-def _logits(uncond, cond, align):
-    return DiscriminatorLogits(torch.tensor(uncond), torch.tensor(cond), align)
+class FixedHeads:
+    """A discriminator stand-in whose heads give set logits: real images hold 1, fake ones -1, and the condition
+    says whether the caption matches (mu, zeros) or not (wrong_mu, ones)."""
+
+    def __init__(self, logits: dict, align: torch.Tensor):
+        self.logits = logits  # (image value, condition value) -> (uncond, cond) logits of the batch
+        self.align = align
+
+    def trunk(self, images):
+        return images
+
+    def heads(self, features, condition=None, uncond=True, align=True):
+        key = (features.flatten()[0].item(), condition.flatten()[0].item())
+        uncond_out, cond_out = (torch.tensor(v) for v in self.logits[key])
+        return (uncond_out if uncond else None), cond_out, (self.align if align else None)
 
 
-def test_d_and_g_losses_are_bce_on_sigmoid_outputs():
+REAL, FAKE = torch.ones(2, 3, 4, 4), -torch.ones(2, 3, 4, 4)
+MU, WRONG_MU = torch.zeros(2, 3), torch.ones(2, 3)
+LOGITS = {(1.0, 0.0): ([2.0, -1.0], [0.5, 1.5]), (-1.0, 0.0): ([-0.5, 0.3], [-2.0, 0.1]),
+          (1.0, 1.0): ([0.0, 0.0], [0.3, -0.7])}
+
+
+def test_d_and_g_losses_are_bce_on_sigmoid_outputs_with_the_skeleton_keys():
     align = normalize(torch.randn(2, 4))
     text = normalize(torch.randn(2, 4))
-    real = _logits([2.0, -1.0], [0.5, 1.5], align)
-    fake = _logits([-0.5, 0.3], [-2.0, 0.1], align)
+    D = FixedHeads(LOGITS, align)
     ones, zeros = torch.ones(2), torch.zeros(2)
-    bce = torch.nn.BCELoss()
-    sig = torch.sigmoid
-    parts = train.D_loss(real, fake, text, ones, zeros, use_uncond_loss=True, use_contrastive_loss=True, gamma=5.0)
-    expected = (bce(sig(real.cond), ones) + bce(sig(fake.cond), zeros) + bce(sig(real.uncond), ones)
-                + bce(sig(fake.uncond), zeros) + 5 * train.contrastive_loss_D(align, text)
+    bce, sig = torch.nn.BCELoss(), torch.sigmoid
+    real_uncond, real_cond = (torch.tensor(v) for v in LOGITS[(1.0, 0.0)])
+    fake_uncond, fake_cond = (torch.tensor(v) for v in LOGITS[(-1.0, 0.0)])
+    parts = {}
+    loss = train.D_loss(REAL, FAKE, D, torch.nn.BCEWithLogitsLoss(), True, True, 5.0, MU, text, zeros, ones,
+                        components=parts)
+    expected = (bce(sig(real_cond), ones) + bce(sig(fake_cond), zeros) + bce(sig(real_uncond), ones)
+                + bce(sig(fake_uncond), zeros) + 5 * train.contrastive_loss_D(align, text)
                 + 5 * train.contrastive_loss_D(align, text))
-    torch.testing.assert_close(gather_all(parts), expected)
-    assert set(train.D_loss(real, fake, text, ones, zeros, False, False, 5.0)) == {"d_real_cond", "d_fake_cond"}
+    torch.testing.assert_close(loss, expected)
+    assert set(parts) == {"d_loss_fake_uncond", "d_loss_real_uncond", "d_loss_fake_cond", "d_loss_real_cond",
+                          "d_loss_fake_cond_contrastive", "d_loss_real_cond_contrastive"}
+    parts = {}
+    train.D_loss(REAL, FAKE, D, torch.nn.BCEWithLogitsLoss(), False, False, 5.0, MU, text, zeros, ones,
+                 components=parts)
+    assert set(parts) == {"d_loss_real_cond", "d_loss_fake_cond"}
 
-    g_parts = train.G_loss(fake, text, ones, use_uncond_loss=True, use_contrastive_loss=True, gamma=5.0)
-    expected_g = (bce(sig(fake.cond), ones) + bce(sig(fake.uncond), ones) + 5 * train.contrastive_loss_D(align, text))
-    torch.testing.assert_close(gather_all(g_parts), expected_g)
+    g_parts = {}
+    g_loss = train.G_loss(FAKE, D, torch.nn.BCEWithLogitsLoss(), True, True, None, 5.0, 10.0, "cpu", MU, text, ones,
+                          components=g_parts)  # 4 px images: no L_ConG, as the course applies it at 256 px only
+    expected_g = bce(sig(fake_cond), ones) + bce(sig(fake_uncond), ones) + 5 * train.contrastive_loss_D(align, text)
+    torch.testing.assert_close(g_loss, expected_g)
+    assert set(g_parts) == {"g_loss_uncond", "g_loss_cond", "d_loss_cond_contrastive"}
+
+
+def test_l_cong_is_added_at_256_px_or_at_the_size_asked_for(tiny_clip_path):
+    from t2i import clip_utils
+
+    clip_model = clip_utils.load_clip(tiny_clip_path)
+    text = normalize(torch.randn(2, 512))
+    for size, min_size, expected in ((64, 256, False), (256, 256, True), (64, 64, True)):
+        fake = -torch.ones(2, 3, size, size)
+        D = FixedHeads(LOGITS, normalize(torch.randn(2, 512)))
+        parts = {}
+        train.G_loss(fake, D, torch.nn.BCEWithLogitsLoss(), False, True, clip_model, 5.0, 10.0, "cpu", MU, text,
+                     torch.ones(2), clip_loss_min_size=min_size, components=parts)
+        assert ("g_loss_cond_contrastive" in parts) == expected
 
 
 def test_mismatched_captions_share_the_fake_weight():
-    real = _logits([0.0, 0.0], [1.0, 2.0], None)
-    fake = _logits([0.0, 0.0], [-1.0, 0.5], None)
-    wrong = _logits([0.0, 0.0], [0.3, -0.7], None)
+    D = FixedHeads(LOGITS, None)
     ones, zeros = torch.ones(2), torch.zeros(2)
-    parts = train.D_loss(real, fake, None, ones, zeros, False, False, 5.0, wrong=wrong)
+    parts = {}
+    train.D_loss(REAL, FAKE, D, torch.nn.BCEWithLogitsLoss(), False, False, 5.0, MU, None, zeros, ones,
+                 wrong_mu=WRONG_MU, components=parts)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    torch.testing.assert_close(parts["d_fake_cond"] + parts["d_wrong_cond"],
-                               0.5 * bce(fake.cond, zeros) + 0.5 * bce(wrong.cond, zeros))
-
-
-def test_language_free_pseudo_features_follow_lafite():
-    torch.manual_seed(0)
-    image_features = normalize(torch.randn(4, 512))
-    torch.manual_seed(1)
-    pseudo = train.pseudo_text_features(image_features, xi=0.1)
-    torch.manual_seed(1)
-    eps = torch.randn(4, 512)
-    expected = normalize(image_features + 0.1 * eps / eps.norm(dim=-1, keepdim=True))
-    torch.testing.assert_close(pseudo, expected)
-    torch.testing.assert_close(pseudo.norm(dim=-1), torch.ones(4))
-    cosine = (pseudo * image_features).sum(-1)
-    torch.testing.assert_close(cosine, torch.full((4,), 1 / math.sqrt(1 + 0.01)), atol=0.02, rtol=0)
+    fake_cond, wrong_cond = torch.tensor(LOGITS[(-1.0, 0.0)][1]), torch.tensor(LOGITS[(1.0, 1.0)][1])
+    torch.testing.assert_close(parts["d_loss_fake_cond"] + parts["d_loss_wrong_cond"],
+                               0.5 * bce(fake_cond, zeros) + 0.5 * bce(wrong_cond, zeros))

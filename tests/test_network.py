@@ -5,11 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-import checkpoints
-import network
 from network import (AlignCondDiscriminator, CondDiscriminator, ConditioningAugmention, Discriminator, Generator,
-                     Generator_type_1, Generator_type_2, ImageExtractor, ResModule, UncondDiscriminator,
-                     init_conditioning_mu, weight_init)
+                     Generator_type_1, Generator_type_2, ImageExtractor, ResModule, UncondDiscriminator, weight_init)
+from t2i import checkpoints
+from t2i.training_run import init_conditioning_mu
 from train_utils import load_checkpoint, save_hyp, save_model
 
 CLIP_DIM, PROJ, NOISE, NG, ND = 512, 16, 12, 128, 8
@@ -75,9 +74,12 @@ def test_no_convolution_has_a_bias_and_weight_init_follows_the_course():
         assert convs and all(m.bias is None for m in convs)
         conv_weights = torch.cat([m.weight.flatten() for m in convs])
         assert abs(conv_weights.mean()) < 1e-3 and abs(conv_weights.std() - 0.02) < 1e-3
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         bn_weights = torch.cat([m.weight.flatten() for m in norms])
-        assert abs(bn_weights.mean() - 1) < 2e-3 and all((m.bias == 0).all() for m in norms)
+        assert abs(bn_weights.mean() - 1) < 2e-3 and abs(bn_weights.std() - 0.02) < 2e-3
+        assert all((m.bias == 0).all() for m in norms)
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):  # the given init skips 1-d
+            assert (norm.weight == 1).all() and (norm.bias == 0).all()
         for linear in (m for m in model.modules() if isinstance(m, nn.Linear)):
             assert (linear.bias == 0).all() and abs(linear.weight.std() - 0.02) < 2e-3
 
@@ -94,9 +96,10 @@ def test_mu_init_lets_the_caption_reach_mu_and_keeps_sigma_at_one():
     text = caption_like_embeddings(256)
     spread = {}
     for std in (0.02, 1.0):
-        ca = ConditioningAugmention(CLIP_DIM, PROJ, "cpu")
-        ca.apply(weight_init)
-        init_conditioning_mu(ca, std)
+        G = Generator(CLIP_DIM, PROJ, NOISE, 64, 3, 1, "cpu")
+        G.apply(weight_init)
+        init_conditioning_mu(G, std)
+        ca = G.condition_aug
         weight = ca.layer[0].weight.detach()
         assert abs(weight[:PROJ].std() - std) < 0.05 * std  # the mu rows
         assert abs(weight[PROJ:].std() - 0.02) < 2e-3  # the log_sigma rows keep weight_init's
@@ -155,9 +158,4 @@ def test_load_checkpoint_names_the_problem(tmp_path, capsys):
     assert "other hyperparameters" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         load_checkpoint(G3, [], str(tmp_path), 7)
-    assert "epoch_7_Gen.pt: no such checkpoint file" in capsys.readouterr().err
-
-
-def test_count_parameters_is_the_sum_of_sizes():
-    model = nn.Linear(3, 2)
-    assert network.count_parameters(model) == 8
+    assert "epoch_7_Gen.pt: no such file" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """colab.ipynb: valid, and every `python ...` command in it parses against the real argument parsers."""
 import argparse
+import importlib.util
 import os
-import re
 import shlex
 
 import nbformat
@@ -11,7 +11,8 @@ import check_submission
 import evaluate
 import generate_image
 import main as train_cli
-import preprocess
+import preproc_datasets_celeba_zip_test
+import preproc_datasets_celeba_zip_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "colab.ipynb")
@@ -19,18 +20,14 @@ NOTEBOOK = os.path.join(ROOT, "colab.ipynb")
 COMPUTED = {"EPOCH": 5}
 
 
-def evaluate_parse(argv: list[str]) -> argparse.Namespace:
-    if hasattr(evaluate, "build_parser"):
-        return evaluate.build_parser().parse_args(argv)
-    return evaluate.parse_args(argv)
-
-
 PARSERS = {
     "main.py": lambda argv: train_cli.build_parser().parse_args(argv),
     "generate_image.py": lambda argv: generate_image.build_parser().parse_args(argv),
-    "preproc_datasets_celeba_zip_train.py": lambda argv: preprocess.build_parser("train").parse_args(argv),
-    "preproc_datasets_celeba_zip_test.py": lambda argv: preprocess.build_parser("test").parse_args(argv),
-    "evaluate.py": evaluate_parse,
+    "preproc_datasets_celeba_zip_train.py": lambda argv: argparse.Namespace(
+        **preproc_datasets_celeba_zip_train.convert_dataset.make_context("train", argv).params),
+    "preproc_datasets_celeba_zip_test.py": lambda argv: argparse.Namespace(
+        **preproc_datasets_celeba_zip_test.convert_dataset.make_context("test", argv).params),
+    "evaluate.py": lambda argv: evaluate.build_parser().parse_args(argv),
     "check_submission.py": lambda argv: check_submission.build_parser().parse_args(argv),
 }
 
@@ -39,6 +36,17 @@ def load_notebook() -> nbformat.NotebookNode:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(notebook)
     return notebook
+
+
+def load_gpu_check():
+    """.ci/gpu_check.py, which reads the notebook's settings and commands as the notebook runs them."""
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, ".ci", "gpu_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GPU_CHECK = load_gpu_check()
 
 
 def settings(notebook: nbformat.NotebookNode) -> dict:
@@ -51,32 +59,19 @@ def settings(notebook: nbformat.NotebookNode) -> dict:
     return namespace
 
 
-def shell_commands(notebook: nbformat.NotebookNode) -> list[str]:
-    """Every `!command` line of the code cells, with backslash continuations joined as IPython joins them."""
-    commands = []
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        source = re.sub(r"\\\n\s*", " ", cell.source)
-        commands += [line.strip()[1:] for line in source.splitlines() if line.strip().startswith("!")]
-    return commands
-
-
 def expand(command: str, namespace: dict) -> str:
-    """IPython's `{expression}` expansion of a shell command; an unknown name fails the test."""
-    def value(match: re.Match) -> str:
-        try:
-            return str(eval(match.group(1), {}, namespace))
-        except NameError as err:
-            pytest.fail(f"colab.ipynb: `!{command}` uses {err}, which no settings cell defines")
-    return re.sub(r"\{([^{}]+)\}", value, command)
+    """IPython's `{expression}` expansion; an unknown name fails the test."""
+    try:
+        return GPU_CHECK.expand(command, namespace)
+    except NameError as err:
+        pytest.fail(f"colab.ipynb: `!{command}` uses {err}, which no settings cell defines")
 
 
 def python_commands() -> list[tuple[str, list[str]]]:
     notebook = load_notebook()
     namespace = {**settings(notebook), **COMPUTED}
     found = []
-    for command in shell_commands(notebook):
+    for _, command in GPU_CHECK.notebook_commands():
         if command.split()[0] in ("python", "python3"):
             words = shlex.split(expand(command, namespace))
             found.append((words[1], words[2:]))
@@ -130,3 +125,12 @@ def test_preprocessing_has_a_ten_image_sample_and_the_course_flags():
 def test_generation_uses_the_grader_prompts():
     prompts = [parse(script, argv).prompt for script, argv in python_commands() if script == "generate_image.py"]
     assert prompts == list(check_submission.GRADER_PROMPTS)
+
+
+def test_the_gpu_check_runs_every_notebook_command_at_reduced_sizes(tmp_path):
+    small = GPU_CHECK.notebook_settings(str(tmp_path))
+    assert small["DRIVE_DIR"].startswith(str(tmp_path)) and small["LOCAL_TRAIN_ZIP"].startswith(str(tmp_path))
+    assert small["NUM_EPOCHS"] == 2 and small["EVAL_SAMPLES"] < 100
+    scripts = {shlex.split(command)[1] for _, command in GPU_CHECK.notebook_commands()
+               if command.startswith("python")}
+    assert scripts == set(PARSERS)

@@ -4,16 +4,19 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import zipfile
 
+import click
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
-import clip_utils
-import preprocess
-from image_ops import decode_png
+from conftest import preprocess as run_command
+from t2i import clip_utils
+from t2i import preprocessing as preprocess
+from t2i.image_ops import decode_png
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -24,11 +27,19 @@ def read_npz(path):
 
 
 def run_main(argv, split="train"):
-    """preprocess.main, returning the error line (or None when it succeeded)."""
+    """The preprocessing command, returning the error line it prints (or None when it succeeded)."""
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
     try:
-        preprocess.main(argv, split)
+        with contextlib.redirect_stderr(stderr):
+            run_command(argv, split)
     except SystemExit as exit_:
-        return str(exit_.code)
+        assert exit_.code == 1
+        return stderr.getvalue().strip().splitlines()[-1]
+    finally:
+        sys.stderr.write(stderr.getvalue())  # warnings stay visible to capsys
     return None
 
 
@@ -228,6 +239,6 @@ def test_interrupted_run_leaves_no_zip(synthetic_raw, tiny_clip_path, tmp_path, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(preprocess, "encode_batch", fail)
-    with pytest.raises(KeyboardInterrupt):
-        preprocess.main(flags(synthetic_raw["paths"]["source"], tmp_path / "o.zip", tiny_clip_path), "train")
+    with pytest.raises(click.exceptions.Abort):  # click's form of Ctrl-C ("Aborted!", status 1)
+        run_command(flags(synthetic_raw["paths"]["source"], tmp_path / "o.zip", tiny_clip_path), "train")
     assert os.listdir(tmp_path) == []

@@ -9,9 +9,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-import clip_utils
-import preprocess
-import synthetic_data as sd
+import synthetic_data
+from t2i import clip_utils
+from t2i import preprocessing as preprocess
+from t2i import synthetic as sd
 
 ALL_ATTRIBUTES = [dict(hair=h, background=b, skin=s, eyeglasses=g)
                   for h, b, s, g in itertools.product(sd.HAIR_COLOURS, sd.BACKGROUND_COLOURS, sd.SKIN_TONES,
@@ -89,7 +90,7 @@ def test_deterministic_from_seed(tmp_path):
 
 
 def test_cli_folder_variant(tmp_path):
-    sd.main(["--out", str(tmp_path), "--num_images", "5", "--num_train", "3", "--num_test", "2", "--size", "64",
+    synthetic_data.main(["--out", str(tmp_path), "--num_images", "5", "--num_train", "3", "--num_test", "2", "--size", "64",
              "--image_dir", "images", "--caption_dir", "celea-caption", "--folder"])
     root = tmp_path / "multimodal_celeba_hq"
     assert sorted(os.listdir(root / "images")) == [f"{i}.jpg" for i in range(5)]

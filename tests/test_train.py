@@ -1,14 +1,16 @@
 """Training end to end on a tiny synthetic zip: the contract's files, exact resume, safe saves, guards."""
 import argparse
+import math
 import os
 
 import pytest
 import torch
 
-import checkpoints
 import main
 import train
-from train_utils import atomic_save
+from t2i import checkpoints, options
+from t2i.files import atomic_save
+from t2i.training_run import TrainingRun, build_training
 
 
 def train_argv(data, checkpoint_path, result_path, clip_path, epochs, *extra, stages=1):
@@ -16,7 +18,7 @@ def train_argv(data, checkpoint_path, result_path, clip_path, epochs, *extra, st
             "--report_interval", "2", "--noise_dim", "8", "--projection_dim", "8", "--clip_embedding_dim", "512",
             "--checkpoint_path", str(checkpoint_path), "--result_path", str(result_path), "--num_stage", str(stages),
             "--resume_epoch", "-1", "--use_uncond_loss", "--use_contrastive_loss", "--clip_model", clip_path,
-            "--g_in_chans", "64", "--d_in_chans", "4", *extra]
+            "--g_in_chans", "64", "--d_in_chans", "4", "--device", "cpu", *extra]
 
 
 @pytest.fixture
@@ -50,7 +52,8 @@ def test_one_epoch_writes_exactly_the_contract_files(run, tmp_path):
     checkpoint_path = run("one", 1, stages=3)
     written = set(os.listdir(checkpoint_path))
     assert set(epoch_files(0, 3)) | {"hyperparameter.pt"} <= written
-    assert written - set(epoch_files(0, 3)) - {"hyperparameter.pt"} == {"epoch_0_state.pt", "loss_log.csv"}
+    assert written - set(epoch_files(0, 3)) - {"hyperparameter.pt"} == {"epoch_0_state.pt", "loss_log.csv",
+                                                                           "run_options.json"}
     hyp = tensors(checkpoint_path / "hyperparameter.pt")
     assert hyp == {"clip_embedding_dim": 512, "projection_dim": 8, "noise_dim": 8, "num_stage": 3,
                    "use_uncond_loss": True, "use_contrastive_loss": True, "batch_size": 4, "num_epochs": 1,
@@ -62,7 +65,13 @@ def test_one_epoch_writes_exactly_the_contract_files(run, tmp_path):
         checkpoints.build_discriminator(hyp, stage, "cpu").load_state_dict(
             tensors(checkpoint_path / f"epoch_0_Dis_{stage}.pt"))
     log = (checkpoint_path / "loss_log.csv").read_text().splitlines()
-    assert log[0] == "epoch,step,d_loss,g_loss,seconds,fid,kid_mean,is_mean,clip_score"
+    header = log[0].split(",")
+    assert header[:9] == ["epoch", "step", "seconds", "d_loss", "g_loss", "fid", "kid_mean", "is_mean", "clip_score"]
+    for stage in range(3):  # every component, by name and stage, with the skeleton's keys
+        assert {f"D/d_loss_real_cond_{stage}", f"D/d_loss_fake_cond_contrastive_{stage}",
+                f"G/g_loss_cond_{stage}", f"G/d_loss_cond_contrastive_{stage}"} <= set(header)
+    assert "G/g_loss_cond_contrastive_2" in header and "G/g_loss_cond_contrastive_0" not in header  # 256 px only
+    assert "G/kl" in header
     assert log[-1].startswith("0,end,")
 
 
@@ -92,21 +101,21 @@ def test_resume_continues_at_the_next_epoch_and_equals_an_uninterrupted_run(run,
 def test_mid_epoch_snapshot_resumes_at_the_right_step(run, preprocessed_zips, tiny_clip_path, tmp_path, monkeypatch,
                                                      capsys):
     straight = run("straight", 2)
-    original_step = train.Trainer.step
+    original_begin = TrainingRun.begin_step
     calls = {"n": 0}
 
-    def dying_step(self, *batch):  # Colab disconnects during epoch 1, step 3 (of 6)
+    def dying_begin(self):  # Colab disconnects during epoch 1, step 3 (of 6)
         calls["n"] += 1
         if calls["n"] == 6 + 4:
             raise KeyboardInterrupt
-        return original_step(self, *batch)
+        return original_begin(self)
 
-    monkeypatch.setattr(train.Trainer, "step", dying_step)
+    monkeypatch.setattr(TrainingRun, "begin_step", dying_begin)
     with pytest.raises(KeyboardInterrupt):
         run("cut", 2, "--save_every_steps", "2")
-    monkeypatch.setattr(train.Trainer, "step", original_step)
+    monkeypatch.setattr(TrainingRun, "begin_step", original_begin)
     cut = tmp_path / "cut" / "checkpoints"
-    snapshot = checkpoints.load_training_state(str(cut / checkpoints.MID_EPOCH_FILE))
+    snapshot = checkpoints.read_training_state(str(cut / checkpoints.MID_EPOCH_FILE))
     assert (snapshot["epoch"], snapshot["step"]) == (1, 2)
     capsys.readouterr()
     argv = train_argv(preprocessed_zips["train"], cut, tmp_path / "cut" / "results", tiny_clip_path, 2)
@@ -115,6 +124,14 @@ def test_mid_epoch_snapshot_resumes_at_the_right_step(run, preprocessed_zips, ti
     assert "epoch 1, step 2" in capsys.readouterr().out
     assert_same_files(straight, cut, epoch_files(1))
     assert not (cut / checkpoints.MID_EPOCH_FILE).exists()  # superseded by the complete epoch
+
+
+def test_resume_latest_without_a_checkpoint_folder_starts_afresh(run, tmp_path, capsys):
+    """The notebook's first session: --resume_epoch latest names a folder that does not exist yet."""
+    folder = run("first", 1, "--resume_checkpoint_path", str(tmp_path / "first" / "checkpoints"),
+                 "--resume_epoch", "latest")
+    assert "starting from scratch" in capsys.readouterr().out
+    assert (folder / "epoch_0_Gen.pt").is_file()
 
 
 def test_weights_only_checkpoints_still_resume_with_a_warning(run, preprocessed_zips, tiny_clip_path, tmp_path,
@@ -152,7 +169,8 @@ def test_keep_last_keeps_the_newest_epochs_and_nothing_else_is_touched(run, tmp_
     (folder / "my_notes.txt").write_text("mine")
     run("keep", 3, "--keep_last", "1")
     assert sorted(os.listdir(folder)) == sorted(epoch_files(2, 1) + ["epoch_2_state.pt", "hyperparameter.pt",
-                                                                      "loss_log.csv", "my_notes.txt"])
+                                                                      "loss_log.csv", "run_options.json",
+                                                                      "my_notes.txt"])
 
 
 def test_a_non_finite_loss_is_skipped_and_reported(run, monkeypatch, capsys):
@@ -166,7 +184,7 @@ def test_a_non_finite_loss_is_skipped_and_reported(run, monkeypatch, capsys):
     monkeypatch.setattr(train, "KL_divergence", sometimes_nan)
     folder = run("nan", 1)
     output = capsys.readouterr()
-    assert "non-finite loss at epoch 0 step 1" in output.err + output.out
+    assert "non-finite generator loss (nan) at epoch 0 step 1" in output.err + output.out
     assert "1 skipped step(s)" in output.out
     G = tensors(folder / "epoch_0_Gen.pt")
     assert all(torch.isfinite(value).all() for value in G.values() if value.is_floating_point())
@@ -175,53 +193,55 @@ def test_a_non_finite_loss_is_skipped_and_reported(run, monkeypatch, capsys):
 def test_repeated_non_finite_losses_stop_training_naming_the_last_good_checkpoint(run, monkeypatch):
     folder = run("diverge", 1)
     monkeypatch.setattr(train, "KL_divergence", lambda mu, log_sigma: torch.tensor(float("inf")))
-    with pytest.raises(SystemExit, match=f"Last good checkpoint: epoch 0 in {folder}"):
+    with pytest.raises(SystemExit, match=f"Last clean checkpoint: epoch 0 in {folder}"):
         run("diverge", 2, "--resume_checkpoint_path", str(folder), "--resume_epoch", "0")
 
 
-def test_the_amp_path_runs_under_bf16_autocast_on_cpu(run, monkeypatch):
-    seen = []
-    original = train.Generator.forward
-
-    def recording_forward(self, text_embedding, noise):
-        result = original(self, text_embedding, noise)
-        seen.append((torch.is_autocast_enabled("cpu"), result[0][-1].dtype))
-        return result
-
-    monkeypatch.setattr(train.Generator, "forward", recording_forward)
-    folder = run("amp", 1, "--amp", stages=2)
-    assert (True, torch.bfloat16) in seen
-    G = tensors(folder / "epoch_0_Gen.pt")
-    assert all(value.dtype != torch.bfloat16 for value in G.values())  # weights stay fp32
-
-
 @pytest.mark.parametrize("flags", [["--ema", "--diffaugment", "color,translation,cutout", "--mismatch",
-                                    "--g_lr", "1e-4", "--d_lr", "4e-4"], ["--no-ema", "--language_free"]])
+                                    "--g_lr", "1e-4", "--d_lr", "4e-4"], ["--no-ema", "--language_free"],
+                                   ["--recipe", "fast", "--clip_loss_any_size"]])
 def test_every_option_trains_and_keeps_the_contract(run, flags):
     folder = run("options", 1, *flags, stages=2)
-    hyp = checkpoints.load_hyperparameters(str(folder))
+    hyp = checkpoints.read_hyperparameters(str(folder))
     checkpoints.load_generator(str(folder), 0)
     for stage in range(2):
         checkpoints.build_discriminator(hyp, stage, "cpu").load_state_dict(
-            tensors(folder / f"epoch_0_Dis_{stage}.pt"))
+            tensors(folder / f"epoch_{0}_Dis_{stage}.pt"))
 
 
-@pytest.mark.parametrize("flags, std", [([], train.OPTION_DEFAULTS["ca_init_std"]), (["--ca_init_std", "0.02"], 0.02)])
-def test_the_trainer_draws_the_mu_weights_from_ca_init_std(flags, std):
-    args = main.build_parser().parse_args(["--num_stage", "1", "--projection_dim", "64", "--g_in_chans", "64",
-                                           "--d_in_chans", "4", *flags])
-    generator = train.build_trainer(args, torch.device("cpu"), None).G
-    weight = generator.condition_aug.layer[0].weight.detach()
-    assert abs(weight[:64].std() - std) < 0.05 * std
-    assert abs(weight[64:].std() - 0.02) < 2e-3
+@pytest.mark.parametrize("flags, std", [([], 3.0), (["--ca_init_std", "0.02"], 0.02)])
+def test_training_draws_the_mu_weights_from_ca_init_std(run, monkeypatch, flags, std):
+    drawn = []
+    original = train.init_conditioning_mu
+    monkeypatch.setattr(train, "init_conditioning_mu", lambda G, value: drawn.append(value) or original(G, value))
+    run("ca", 1, *flags)
+    assert drawn == [std]
+
+
+def step_setup(*flags: str, stages: int = 1):
+    """A one-batch train_step with the models, optimizers and run train() would build from these flags."""
+    args = options.complete(options.parse(["--num_stage", str(stages), "--projection_dim", "8", "--noise_dim", "8",
+                                           "--g_in_chans", "32", "--d_in_chans", "4", "--use_uncond_loss",
+                                           "--use_contrastive_loss", "--lam", "0", "--device", "cpu", *flags], "test"))
+    G, D_lst, optim_g, optim_d_lst, run = build_training(args, torch.device("cpu"))
+
+    def step(images, img_feature, txt_feature):
+        return train.train_step([(images, img_feature, txt_feature)], 8, torch.device("cpu"), G, D_lst, optim_g,
+                                optim_d_lst, torch.nn.BCEWithLogitsLoss(), stages, True, True, 10 ** 9, None,
+                                args.gamma, args.lam, run=run)
+    return step, G, D_lst, run
+
+
+def a_batch(size: int = 4, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    images = [torch.rand(size, 3, 64, 64, generator=generator) * 2 - 1]
+    text = torch.nn.functional.normalize(torch.randn(size, 512, generator=generator), dim=-1)
+    return images, text, text
 
 
 @pytest.mark.parametrize("flags, g_step_condition_has_grad", [([], True), (["--detach_condition"], False)])
 def test_detach_condition_keeps_g_from_moving_the_condition_d_judges(flags, g_step_condition_has_grad, monkeypatch):
-    args = main.build_parser().parse_args(["--num_stage", "1", "--projection_dim", "8", "--noise_dim", "8",
-                                           "--g_in_chans", "32", "--d_in_chans", "4", "--use_uncond_loss",
-                                           "--use_contrastive_loss", "--lam", "0", "--mismatch", *flags])
-    trainer = train.build_trainer(args, torch.device("cpu"), None)
+    step, *_ = step_setup("--mismatch", *flags)
     seen = []  # (is this the G step, does the condition carry G's graph) for every heads call
     original = train.Discriminator.heads
 
@@ -231,11 +251,40 @@ def test_detach_condition_keeps_g_from_moving_the_condition_d_judges(flags, g_st
 
     monkeypatch.setattr(train.Discriminator, "heads", recording_heads)
     torch.manual_seed(0)
-    images = [torch.rand(4, 3, 64, 64) * 2 - 1]
-    text = torch.nn.functional.normalize(torch.randn(4, 512), dim=-1)
-    trainer.step(images, text, text)
+    step(*a_batch())
     assert {grad for g_step, grad in seen if not g_step} == {False}  # D's step always sees a detached mu
     assert {grad for g_step, grad in seen if g_step} == {g_step_condition_has_grad}
+
+
+def test_language_free_training_feeds_g_lafite_pseudo_text_features(monkeypatch):
+    step, G, *_ = step_setup("--language_free", "--xi", "0.1")
+    seen = []
+    original = train.Generator.forward
+    monkeypatch.setattr(train.Generator, "forward",
+                        lambda self, text, noise: seen.append(text.clone()) or original(self, text, noise))
+    images, img_feature, _ = a_batch()
+    caption = torch.nn.functional.normalize(torch.randn(4, 512), dim=-1)
+    torch.manual_seed(1)
+    step(images, img_feature, caption)
+    torch.manual_seed(1)  # Problem 4-(f) draws eps first in the iteration
+    eps = torch.randn(4, 512)
+    expected = torch.nn.functional.normalize(img_feature + 0.1 * eps / eps.norm(dim=-1, keepdim=True), dim=-1)
+    torch.testing.assert_close(seen[0], expected)
+    cosine = (seen[0] * img_feature).sum(-1)
+    torch.testing.assert_close(cosine, torch.full((4,), 1 / math.sqrt(1 + 0.01)), atol=0.02, rtol=0)
+
+
+def test_train_step_without_a_run_trains_as_the_course_does():
+    _, G, D_lst, _ = step_setup(stages=1)
+    optim_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optim_d_lst = [torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999)) for D in D_lst]
+    before = {key: value.clone() for key, value in G.state_dict().items()}
+    d_loss, g_loss, first_text = train.train_step([a_batch(), a_batch(seed=1)], 8, "cpu", G, D_lst, optim_g,
+                                                  optim_d_lst, torch.nn.BCEWithLogitsLoss(), 1, True, False, 1, None,
+                                                  5.0, 10.0)
+    assert math.isfinite(d_loss) and math.isfinite(g_loss)
+    torch.testing.assert_close(first_text, a_batch()[2])
+    assert any(not torch.equal(before[key], value) for key, value in G.state_dict().items())
 
 
 def test_train_runs_from_the_course_main_namespace(preprocessed_zips, tmp_path):
@@ -246,36 +295,41 @@ def test_train_runs_from_the_course_main_namespace(preprocessed_zips, tmp_path):
                               result_path=str(tmp_path / "res"), num_stage=1, resume_epoch=-1,
                               use_uncond_loss=True, use_contrastive_loss=False, resume_checkpoint_path=None)
     train.train(args)
-    hyp = checkpoints.load_hyperparameters(str(tmp_path / "ck"))
+    hyp = checkpoints.read_hyperparameters(str(tmp_path / "ck"))
     assert (hyp["g_in_chans"], hyp["d_in_chans"]) == (1024, 64)
     checkpoints.load_generator(str(tmp_path / "ck"), 0)
 
 
 @pytest.mark.parametrize("change, message", [
-    (("--train_data", "/nonexistent/train.zip"), "--train_data /nonexistent/train.zip: no such file"),
+    (("--train_data", "/nonexistent/train.zip"), "/nonexistent/train.zip: no such file"),
     (("--clip_embedding_dim", "256"), "holds 512-d CLIP embeddings but --clip_embedding_dim is 256"),
-    (("--num_stage", "4"), "--num_stage must be 1, 2 or 3"),
+    (("--num_stage", "4"), "--num_stage 4: must be 1, 2 or 3"),
     (("--resume_checkpoint_path", "/nonexistent/ck", "--resume_epoch", "3"), "/nonexistent/ck: no such folder"),
 ])
 def test_bad_input_gives_one_line_and_writes_nothing(run, tmp_path, change, message):
     with pytest.raises(SystemExit, match=message):
         run("bad", 1, *change)
-    assert os.listdir(tmp_path / "bad" / "checkpoints") == []
+    assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
-def test_a_missing_resume_epoch_or_other_hyperparameters_are_refused(run, tmp_path):
+def test_a_missing_resume_epoch_or_other_hyperparameters_are_refused(run, tmp_path, capsys):
     folder = run("src", 1)
     before = {name: os.path.getmtime(folder / name) for name in os.listdir(folder)}
     with pytest.raises(SystemExit, match=r"--resume_epoch 5: .* has no complete epoch 5 \(complete epochs: \[0\]\)"):
         run("src", 7, "--resume_checkpoint_path", str(folder), "--resume_epoch", "5")
-    with pytest.raises(SystemExit, match="made with other hyperparameters"):
+    with pytest.raises(SystemExit, match="--g_in_chans 128: the checkpoints to resume were made with --g_in_chans 64"):
         run("src", 2, "--resume_checkpoint_path", str(folder), "--resume_epoch", "0", "--g_in_chans", "128")
+    os.remove(folder / "run_options.json")  # a folder of the course's code: the weights themselves disagree
+    with pytest.raises(SystemExit):
+        run("src", 2, "--resume_checkpoint_path", str(folder), "--resume_epoch", "0", "--g_in_chans", "128")
+    assert "made with other hyperparameters" in capsys.readouterr().err
+    before.pop("run_options.json")
     assert {name: os.path.getmtime(folder / name) for name in os.listdir(folder)} == before
 
 
 def test_a_fresh_run_refuses_a_folder_holding_another_runs_epochs(run):
     run("taken", 1)
-    with pytest.raises(SystemExit, match="already holds epochs"):
+    with pytest.raises(SystemExit, match=r"already hold epochs \[0\] of another run"):
         run("taken", 1)
     run("taken", 1, "--overwrite")
 
@@ -283,7 +337,7 @@ def test_a_fresh_run_refuses_a_folder_holding_another_runs_epochs(run):
 def test_eval_every_logs_the_figures_with_the_losses(run, preprocessed_zips, tmp_path):
     import csv
 
-    import metrics
+    from t2i import metrics
 
     inception = metrics.make_random_inception(str(tmp_path / "inception.pt"))
     folder = run("eval", 1, "--eval_every", "1", "--eval_data", preprocessed_zips["train"], "--eval_samples", "10",

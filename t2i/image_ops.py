@@ -1,9 +1,12 @@
-"""Small image helpers shared by preprocessing, the dataset and training.
+"""Small image helpers shared by preprocessing, the dataset, training and evaluation.
+
+* `clip_resize` / `clip_normalize` / `random_crop_resize`: CLIP's input transforms, behind the course's
+  `train_utils.clip_transform`, `clip_preprocess` and `custom_reshape`.
 
 * `stage_images_from_uint8`: uint8 images -> the per-stage float images in [-1, 1] (area downsampling),
   on whatever device the images are on, so training can do it on the GPU.
-* `random_square_crop` / `clip_view`: the random crop of `train_utils.custom_reshape`, and the whole
-  `clip_transform(224)` + `custom_reshape` chain that L_ConG applies to generated images, done as two small
+* `random_square_crop` / `clip_view`: the random crop of `random_crop_resize`, and the whole
+  `clip_resize(224)` + `random_crop_resize` chain that L_ConG applies to generated images, done as two small
   matrix products per image. Both resizes are linear and separable, so their composition is one [224, n]
   matrix per axis; the result equals the chain to float rounding and draws the same random numbers, but
   its backward pass is a pair of matmuls instead of two bicubic backward kernels (about 10x faster on CPU).
@@ -23,6 +26,9 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize
+
+from t2i.clip_utils import CLIP_MEAN, CLIP_STD
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -49,8 +55,34 @@ def stage_images_from_uint8(images_uint8: torch.Tensor, num_stage: int) -> list[
     return stages
 
 
+def clip_resize(n_px: int) -> Compose:
+    """Bicubic resize of the short side to n_px, then a centre crop to n_px x n_px (works on batches)."""
+    return Compose([Resize(n_px, interpolation=InterpolationMode.BICUBIC), CenterCrop(n_px)])
+
+
+def clip_normalize() -> Normalize:
+    """CLIP's input normalisation, for [0, 1] images."""
+    return Normalize(CLIP_MEAN, CLIP_STD)
+
+
+def random_crop_resize(img: torch.Tensor, mode: str = "bicubic", ratio: float = 0.99,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random square crop of at least `ratio` of the side, resized to 224 (the same for the whole batch).
+
+    Images under 224 px are instead padded with 1.0 (white) at a random offset. `generator` makes the crop
+    reproducible (preprocessing); by default the global torch RNG is used."""
+    size = img.shape[-2]
+    if size < 224:
+        pad_left = int(torch.randint(0, 224 - size + 1, (), generator=generator))
+        pad_top = int(torch.randint(0, 224 - size + 1, (), generator=generator))
+        return F.pad(img, (pad_left, 224 - size - pad_left, pad_top, 224 - size - pad_top), value=1.0)
+    crop, left, top = random_square_crop(size, ratio, generator)
+    cropped = img[..., top:top + crop, left:left + crop]
+    return F.interpolate(cropped, size=(224, 224), mode=mode, align_corners=False)
+
+
 def random_square_crop(size: int, ratio: float, generator: torch.Generator | None = None) -> tuple[int, int, int]:
-    """(side, left, top) of a random square crop of at least `ratio` of `size`, drawn in custom_reshape's order."""
+    """(side, left, top) of a random square crop of at least `ratio` of `size`, drawn in random_crop_resize's order."""
     crop = int(torch.randint(int(ratio * size), size + 1, (), generator=generator))
     left = int(torch.randint(0, size - crop + 1, (), generator=generator))
     top = int(torch.randint(0, size - crop + 1, (), generator=generator))
@@ -67,10 +99,10 @@ def _resize_matrix(in_size: int, out_size: int, antialias: bool) -> torch.Tensor
 
 def clip_view(images: torch.Tensor, size: int = 224, ratio: float = 0.99,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """`custom_reshape(clip_transform(size)(images), ratio=ratio)` for square [B, C, n, n] images, as matmuls.
+    """`random_crop_resize(clip_resize(size)(images), ratio=ratio)` for square [B, C, n, n] images, as matmuls.
 
-    clip_transform's resize is torchvision's tensor Resize (bicubic with antialiasing; its centre crop is a
-    no-op on square images); custom_reshape crops and resizes back with plain bicubic interpolation.
+    clip_resize is torchvision's tensor Resize (bicubic with antialiasing; its centre crop is a
+    no-op on square images); random_crop_resize crops and resizes back with plain bicubic interpolation.
     """
     height, width = images.shape[-2:]
     if height != width:

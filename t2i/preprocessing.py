@@ -1,12 +1,15 @@
 """Raw Multimodal CelebA-HQ (zip or folder) -> preprocessed training/test zip with CLIP embeddings.
 
-The one module behind `preproc_datasets_celeba_zip_train.py` and `preproc_datasets_celeba_zip_test.py`.
+The one module behind `preproc_datasets_celeba_zip_train.py` and `preproc_datasets_celeba_zip_test.py`: their
+click command `convert_dataset` takes the options declared here (`course_options`) and calls `convert`. The
+skeleton's helpers `open_dataset`, `open_dest` and `make_transform` are here too.
 
 Output zip (stored, not deflated):
 * `NNNNN/imgNNNNNNNN.png`: 256x256 RGB PNGs (uncompressed and unfiltered: valid for every reader, and a
   memory copy to decode).
 * `dataset.json`: the course's format, `{"clip_img_features": [[name, [D]], ...], "clip_txt_features":
-  [[name, [[D] per caption]], ...]}` with raw CLIP outputs, plus a `preprocess` entry recording the settings.
+  [[name, [[D] per caption]], ...]}` with raw CLIP outputs, plus a `preprocess` entry recording the settings
+  (among them the CLIP's name and fingerprint, which training, generation and evaluation check).
 * `embeddings.npz` (see EMBEDDINGS_MEMBER): the same embeddings in binary form, read by our ZipDataset.
 
 Image embedding: a random crop of at least 0.99 of each side, resized to 224, CLIP-normalised, `encode_image`;
@@ -16,7 +19,6 @@ embeddings are averaged (a part still too long is truncated; both are counted in
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -26,27 +28,33 @@ import sys
 import time
 import zipfile
 import zlib
+from argparse import Namespace
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+import click
 import numpy as np
 import PIL.Image
 import torch
 from tqdm import tqdm
 
-import clip_utils
-from image_ops import encode_png
-from read_dataset import EMBEDDINGS_MEMBER, JSON_MEMBER
-from train_utils import clip_preprocess, custom_reshape
+from t2i import clip_utils
+from t2i.devices import resolve_device
+from t2i.errors import T2IError
+from t2i.files import (atomic_write_text, make_folder, os_error, remove_file, remove_stale_temp_files, temp_path,
+                       write_error)
+from t2i.image_ops import clip_normalize, encode_png, random_crop_resize
+from t2i.zip_dataset import EMBEDDINGS_MEMBER, JSON_MEMBER
 
 # EMBEDDINGS_MEMBER, the binary embeddings: an uncompressed .npz (no pickled objects) holding
 #   names [N] str (PNG member names), ids [N] str (raw dataset ids), img_emb [N, D] float32,
 #   txt_emb [M, D] float32 (all captions, image by image), txt_offsets [N + 1] int64
 #   (image i owns txt_emb[txt_offsets[i]:txt_offsets[i + 1]]), captions [M] str (the caption texts, in the
-#   same order, for captioned grids), format_version [] int64.
-FORMAT_VERSION = 1
+#   same order, for captioned grids), settings [] str (JSON: what made the zip, the CLIP's identity among it),
+#   format_version [] int64.
+FORMAT_VERSION = 2
 DEFAULT_NUM_CAPTIONS = {"train": 4, "test": None}
 IMAGE_FOLDERS = ("image", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -54,35 +62,42 @@ CROP_RATIO = 0.99
 RESIZE_FILTERS = {"box": PIL.Image.BOX, "lanczos": PIL.Image.LANCZOS}
 
 
-class PreprocessError(Exception):
-    """A problem with the input or the flags, reported as one line without a traceback."""
-
-
-def build_parser(split: str) -> argparse.ArgumentParser:
+def course_options(split: str) -> Callable:
+    """The click options of `convert_dataset`: the course's (in its order), then ours."""
     default_captions = DEFAULT_NUM_CAPTIONS[split]
-    parser = argparse.ArgumentParser(
-        description=f"Preprocess the {split} split of Multimodal CelebA-HQ into a zip with CLIP embeddings.")
-    parser.add_argument("--source", required=True, help="raw dataset: multimodal_celeba_hq.zip or its folder")
-    parser.add_argument("--dest", required=True, help="output zip")
-    parser.add_argument("--max-images", dest="max_images", type=int, default=None,
-                        help="use only the first N ids of the split (a quick sample run)")
-    parser.add_argument("--resize-filter", dest="resize_filter", choices=sorted(RESIZE_FILTERS), default="lanczos")
-    parser.add_argument("--transform", choices=["center-crop", "center-crop-wide"], default="center-crop")
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--emb_dim", type=int, default=512, help="CLIP embedding size (512 for ViT-B/32)")
-    parser.add_argument("--clip_model", default="ViT-B/32", help="CLIP name or a local state-dict path")
-    parser.add_argument("--num_captions", type=int, default=default_captions,
-                        help=f"captions kept per image (default: {default_captions or 'all'})")
-    parser.add_argument("--batch_size", type=int, default=64, help="images per CLIP encoding batch")
-    parser.add_argument("--split_dir", default=None,
-                        help=f"folder of celeba_filenames_{split}.pickle (default: beside --source, then .)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --dest if it exists")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random CLIP crops")
-    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="threads decoding images while CLIP encodes")
-    return parser
+    declared = [
+        click.option("--source", required=True, help="raw dataset: multimodal_celeba_hq.zip or its folder"),
+        click.option("--dest", required=True, help="output zip"),
+        click.option("--max-images", "max_images", type=int, default=None,
+                     help="use only the first N ids of the split (a quick sample run)"),
+        click.option("--transform", type=click.Choice(["center-crop", "center-crop-wide"]), default="center-crop",
+                     show_default=True, help="crop to the output's aspect ratio before resizing"),
+        click.option("--resize-filter", "resize_filter", type=click.Choice(sorted(RESIZE_FILTERS)),
+                     default="lanczos", show_default=True, help="resampling filter"),
+        click.option("--width", type=int, default=256, show_default=True, help="output width"),
+        click.option("--height", type=int, default=256, show_default=True, help="output height"),
+        click.option("--emb_dim", type=int, default=512, show_default=True,
+                     help="CLIP embedding size (512 for ViT-B/32)"),
+        click.option("--clip_model", default="ViT-B/32", show_default=True,
+                     help="CLIP name or a local CLIP file (see main.py's --clip_model: a TorchScript file runs code)"),
+        click.option("--num_captions", type=int, default=default_captions,
+                     help=f"captions kept per image (default: {default_captions or 'all'})"),
+        click.option("--batch_size", type=int, default=64, show_default=True, help="images per CLIP encoding batch"),
+        click.option("--split_dir", default=None,
+                     help=f"folder of celeba_filenames_{split}.pickle (default: beside --source, then .)"),
+        click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"),
+        click.option("--overwrite", is_flag=True, help="replace --dest if it exists (never --source)"),
+        click.option("--seed", type=int, default=0, show_default=True, help="seed of the random CLIP crops"),
+        click.option("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                     help="threads decoding images while CLIP encodes (default: up to 8, one per core)"),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(declared):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 # ----------------------------------------------------------------------------------------------- raw input
@@ -94,7 +109,7 @@ class RawSource:
         self.path = path
         self.archive: zipfile.ZipFile | None = None
         if not os.path.exists(path):
-            raise PreprocessError(f"--source {path}: no such file or folder; pass the path of multimodal_celeba_hq.zip")
+            raise T2IError(f"--source {path}: no such file or folder; pass the path of multimodal_celeba_hq.zip")
         if os.path.isdir(path):
             members = [os.path.relpath(os.path.join(root, name), path).replace(os.sep, "/")
                        for root, _, names in os.walk(path) for name in names]
@@ -102,7 +117,7 @@ class RawSource:
             self.archive = zipfile.ZipFile(path)
             members = self.archive.namelist()
         else:
-            raise PreprocessError(f"--source {path}: not a zip file or a folder")
+            raise T2IError(f"--source {path}: not a zip file or a folder")
         self.images: dict[str, str] = {}
         self.captions: dict[str, str] = {}
         for member in members:
@@ -115,9 +130,9 @@ class RawSource:
             elif "caption" in folder and extension.lower() == ".txt":
                 self.captions.setdefault(stem, member)
         if not self.images:
-            raise PreprocessError(f"--source {path}: no images found (expected image/<id>.jpg or images/<id>.jpg)")
+            raise T2IError(f"--source {path}: no images found (expected image/<id>.jpg or images/<id>.jpg)")
         if not self.captions:
-            raise PreprocessError(f"--source {path}: no caption files found (expected a folder named like "
+            raise T2IError(f"--source {path}: no caption files found (expected a folder named like "
                                   "celeba-caption holding <id>.txt)")
 
     def read(self, member: str) -> bytes:
@@ -138,23 +153,32 @@ def find_split_file(split: str, source: str, split_dir: str | None) -> str:
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
     flag = "--split_dir" if split_dir else "--split_dir (not given)"
-    raise PreprocessError(f"{name} not found in {' or '.join(folders)}; put it there or pass {flag} with its folder")
+    raise T2IError(f"{name} not found in {' or '.join(folders)}; put it there or pass {flag} with its folder")
+
+
+class _ListOfStrings(pickle.Unpickler):
+    """Unpickles plain data only: a pickle naming any class or function (code it would run) is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, and a split list holds only strings")
 
 
 def read_split_ids(path: str) -> list[str]:
+    """The ids of a split pickle: a list of strings, read without running anything the file could hold."""
     try:
         with open(path, "rb") as f:
-            ids = pickle.load(f)
+            ids = _ListOfStrings(f, encoding="latin1").load()  # latin1: Python 2 pickles of str
     except Exception as err:
-        raise PreprocessError(f"{path}: not a readable pickle ({err})") from None
-    if not isinstance(ids, (list, tuple)) or not ids:
-        raise PreprocessError(f"{path}: expected a non-empty pickled list of id strings")
+        raise T2IError(f"{path}: not a plain pickled list of ids ({err}); use the course's split file") from None
+    if not isinstance(ids, (list, tuple)) or not ids or not all(isinstance(i, (str, int)) for i in ids):
+        raise T2IError(f"{path}: expected a non-empty pickled list of id strings")
     return [str(i) for i in ids]
 
 
 # ------------------------------------------------------------------------------------------ image handling
 
-def make_transform(transform: str, width: int, height: int, resize_filter: str) -> Callable[[PIL.Image.Image], np.ndarray]:
+def make_transform(transform: str, width: int, height: int, resize_filter: str
+                   ) -> Callable[[PIL.Image.Image], np.ndarray]:
     """Center crop to the output aspect ratio, then resize to width x height: PIL image -> [H, W, 3] uint8."""
     resample = RESIZE_FILTERS[resize_filter]
     aspect = 1.0 if transform == "center-crop" else width / height
@@ -176,11 +200,11 @@ def crop_generator(seed: int, image_id: str) -> torch.Generator:
 
 
 def clip_image_input(image: np.ndarray, generator: torch.Generator, ratio: float = CROP_RATIO) -> torch.Tensor:
-    """[H, W, 3] uint8 -> CLIP input [3, 224, 224]: the training-time transform of train_utils (a random crop
-    of at least `ratio` of the side resized to 224, padded instead when smaller), then CLIP normalisation."""
+    """[H, W, 3] uint8 -> CLIP input [3, 224, 224]: the course's custom_reshape (a random crop of at least
+    `ratio` of the side resized to 224, padded instead when smaller), then CLIP normalisation."""
     # torch.tensor copies: decoded images are often read-only arrays, which from_numpy would warn about.
     pixels = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1).div_(255)
-    return clip_preprocess()(custom_reshape(pixels[None], ratio=ratio, generator=generator))[0]
+    return clip_normalize()(random_crop_resize(pixels[None], ratio=ratio, generator=generator))[0]
 
 
 # ---------------------------------------------------------------------------------------- caption handling
@@ -243,8 +267,11 @@ class PreprocessedZipWriter:
         self.path = path
         self.emb_dim = emb_dim
         self.settings = settings or {}
-        self.temp_path = f"{path}.partial"
-        self.archive = zipfile.ZipFile(self.temp_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self.temp_path = temp_path(path)
+        try:
+            self.archive = zipfile.ZipFile(self.temp_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        except OSError as err:  # a read-only or vanished folder
+            raise write_error(path, err) from None
         self.names: list[str] = []
         self.ids: list[str] = []
         self.img_emb: list[np.ndarray] = []
@@ -292,14 +319,14 @@ class PreprocessedZipWriter:
         np.savez(buffer, names=np.array(self.names), ids=np.array(self.ids),
                  img_emb=np.stack(self.img_emb), txt_emb=np.concatenate(self.txt_emb),
                  txt_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                 captions=np.array(self.captions, dtype=str),
+                 captions=np.array(self.captions, dtype=str), settings=np.array(json.dumps(self.settings)),
                  format_version=np.array(FORMAT_VERSION, dtype=np.int64))
         self.archive.writestr(EMBEDDINGS_MEMBER, buffer.getbuffer())
 
     def close(self) -> None:
         if not self.names:
             self.abort()
-            raise PreprocessError(f"--dest {self.path}: no images were written")
+            raise T2IError(f"--dest {self.path}: no images were written")
         self._write_json()
         self._write_embeddings()
         self.archive.close()
@@ -315,9 +342,15 @@ class PreprocessedZipWriter:
 
     def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
-            self.close()
-        else:
-            self.abort()
+            try:
+                self.close()
+            except OSError as err:
+                self.abort()
+                raise write_error(self.path, err) from None
+            return
+        self.abort()
+        if isinstance(value, OSError):  # a full disk or a lost folder while writing
+            raise write_error(self.path, value) from None
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
@@ -338,8 +371,10 @@ class Summary:
     long_captions: int = 0
     truncated_parts: int = 0
     skipped: int = 0
+    missing: list[str] = field(default_factory=list)   # split ids without an image or caption file
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    problems_file: str | None = None                   # where the full lists went
 
 
 def _load_sample(source: RawSource, image_id: str, transform: Callable, seed: int, num_captions: int | None) -> Sample:
@@ -375,61 +410,96 @@ def encode_batch(model: torch.nn.Module, samples: list[Sample], device: torch.de
     return img_emb.numpy(), per_sample
 
 
-def _select_ids(source: RawSource, split: str, split_path: str, max_images: int | None) -> tuple[list[str], int]:
+def open_dataset(source_path: str, split: str, split_dir: str | None, max_images: int | None
+                 ) -> tuple[RawSource, list[str], int]:
+    """The raw dataset, the ids of `split` it has an image and a caption file for (the first `max_images`),
+    and how many of the split's ids it lacks."""
+    source = RawSource(source_path)
+    split_path = find_split_file(split, source_path, split_dir)
     ids = read_split_ids(split_path)
     present = [i for i in ids if i in source.images and i in source.captions]
     missing = [i for i in ids if i not in source.images or i not in source.captions]
     if not present:
-        raise PreprocessError(f"{split_path}: none of its {len(ids)} ids has both an image and a caption file in "
-                              f"{source.path}; check that the pickle belongs to this dataset")
+        source.close()
+        raise T2IError(f"{split_path}: none of its {len(ids)} ids has both an image and a caption file in "
+                       f"{source.path}; check that the pickle belongs to this dataset")
     if missing:
         print(f"warning: {len(missing)} of {len(ids)} {split} ids have no image or caption in {source.path} "
-              f"(first: {', '.join(missing[:5])}); continuing with {len(present)}", file=sys.stderr)
-    if max_images is not None:
-        present = present[:max_images]
-    return present, len(missing)
+              f"(first: {', '.join(missing[:5])}; the full list goes to DEST{PROBLEMS_SUFFIX}); continuing with "
+              f"{len(present)}", file=sys.stderr)
+    source.missing_ids = missing
+    return source, present[:max_images] if max_images is not None else present, len(missing)
 
 
-def run(args: argparse.Namespace, split: str) -> Summary:
-    """Preprocess with parsed flags; raises PreprocessError for bad input."""
-    if args.max_images is not None and args.max_images < 1:
-        raise PreprocessError(f"--max-images {args.max_images}: must be at least 1")
-    if args.num_captions is not None and args.num_captions < 1:
-        raise PreprocessError(f"--num_captions {args.num_captions}: must be at least 1")
-    if min(args.width, args.height, args.batch_size, args.num_workers) < 1:
-        raise PreprocessError("--width, --height, --batch_size and --num_workers must be positive")
-    source = RawSource(args.source)
-    try:
-        split_path = find_split_file(split, args.source, args.split_dir)
-        ids, num_missing = _select_ids(source, split, split_path, args.max_images)
-        if os.path.isdir(args.dest):
-            raise PreprocessError(f"--dest {args.dest}: is a folder; pass a zip file name")
-        if os.path.exists(args.dest) and not args.overwrite:
-            raise PreprocessError(f"--dest {args.dest}: already exists; pass --overwrite to replace it")
-        dest_dir = os.path.dirname(os.path.abspath(args.dest))
-        os.makedirs(dest_dir, exist_ok=True)
-
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def protected_inputs(source: str, split_dir: str | None) -> list[str]:
+    """The files preprocessing reads and must never replace: the raw dataset and both split lists."""
+    protected = [source]
+    for split in DEFAULT_NUM_CAPTIONS:
         try:
-            model = clip_utils.load_clip(args.clip_model, device)
-        except ValueError as err:
-            raise PreprocessError(str(err)) from None
-        except Exception as err:
-            raise PreprocessError(f"--clip_model {args.clip_model}: could not load ({type(err).__name__}: {err}); "
-                                  "pass a local CLIP state-dict path") from None
+            protected.append(find_split_file(split, source, split_dir))
+        except T2IError:
+            pass
+    return protected
+
+
+def check_dest(dest: str, overwrite: bool, protected: list[str]) -> None:
+    """--dest may not be a folder, an existing file (unless --overwrite), or one of the `protected` inputs (the raw
+    zip, the split pickles) under any name (a relative path, a symbolic or hard link), even with --overwrite."""
+    if os.path.isdir(dest):
+        raise T2IError(f"--dest {dest}: is a folder; pass a zip file name")
+    real_dest = os.path.realpath(dest)
+
+    def same(path: str) -> bool:  # the same path through links, or the same file under another name (a hard link)
+        if not os.path.exists(path):
+            return False
+        return os.path.realpath(path) == real_dest or (os.path.exists(dest) and os.path.samefile(path, dest))
+
+    if any(same(path) for path in protected):
+        raise T2IError(f"--dest {dest}: is an input of this run (the raw dataset or a split list); choose another "
+                       f"file name, such as train_data.zip")
+    if os.path.exists(dest) and not overwrite:
+        raise T2IError(f"--dest {dest}: already exists; choose another name, or pass --overwrite to replace it")
+
+
+def open_dest(dest: str, overwrite: bool, protected: list[str], emb_dim: int, settings: dict
+              ) -> PreprocessedZipWriter:
+    """The writer of the output zip, after the checks that keep the input safe (`check_dest`). Temporary files of
+    earlier interrupted runs for this --dest are removed."""
+    check_dest(dest, overwrite, protected)
+    folder = os.path.dirname(os.path.abspath(dest))
+    make_folder(folder, "--dest")
+    for path in remove_stale_temp_files(folder, lambda name: name == os.path.basename(dest)):
+        print(f"Removed {path}, left by an interrupted run")
+    return PreprocessedZipWriter(dest, emb_dim, settings)
+
+
+def run(args: Namespace, split: str) -> Summary:
+    """Preprocess `split` with the command's options; T2IError for bad input."""
+    if args.max_images is not None and args.max_images < 1:
+        raise T2IError(f"--max-images {args.max_images}: must be at least 1")
+    if args.num_captions is not None and args.num_captions < 1:
+        raise T2IError(f"--num_captions {args.num_captions}: must be at least 1")
+    for name in ("width", "height", "batch_size", "num_workers"):
+        if getattr(args, name) < 1:
+            raise T2IError(f"--{name} {getattr(args, name)}: must be at least 1")
+    device = resolve_device(args.device)
+    source, ids, num_missing = open_dataset(args.source, split, args.split_dir, args.max_images)
+    protected = protected_inputs(args.source, args.split_dir)
+    try:
+        check_dest(args.dest, args.overwrite, protected)  # before the work, not only before the write
+        model = clip_utils.load_clip(args.clip_model, device)
         clip_dim = clip_utils.clip_embedding_dim(model)
         if clip_dim != args.emb_dim:
-            raise PreprocessError(f"--emb_dim {args.emb_dim}: --clip_model {args.clip_model} gives {clip_dim}-d "
-                                  f"embeddings; pass --emb_dim {clip_dim}")
-
-        settings = {"split": split, "clip_model": args.clip_model, "emb_dim": clip_dim, "seed": args.seed,
-                    "num_captions": args.num_captions, "transform": args.transform, "width": args.width,
-                    "height": args.height, "resize_filter": args.resize_filter, "crop_ratio": CROP_RATIO,
-                    "format_version": FORMAT_VERSION}
+            raise T2IError(f"--emb_dim {args.emb_dim}: --clip_model {args.clip_model} gives {clip_dim}-d "
+                           f"embeddings; pass --emb_dim {clip_dim}")
+        settings = {"split": split, "clip": clip_utils.clip_identity_of(model), "emb_dim": clip_dim,
+                    "seed": args.seed, "num_captions": args.num_captions, "transform": args.transform,
+                    "width": args.width, "height": args.height, "resize_filter": args.resize_filter,
+                    "crop_ratio": CROP_RATIO, "format_version": FORMAT_VERSION}
         transform = make_transform(args.transform, args.width, args.height, args.resize_filter)
-        summary = Summary(skipped=num_missing)
+        summary = Summary(skipped=num_missing, missing=list(getattr(source, "missing_ids", [])))
         start = time.time()
-        with PreprocessedZipWriter(args.dest, clip_dim, settings) as writer, \
+        with open_dest(args.dest, args.overwrite, protected, clip_dim, settings) as writer, \
                 ThreadPoolExecutor(args.num_workers) as pool, \
                 tqdm(total=len(ids), unit="img", desc=f"preprocess {split}", dynamic_ncols=True) as bar:
             # Decoding runs ahead in the pool (bounded) while the main thread encodes and writes.
@@ -464,12 +534,30 @@ def run(args: argparse.Namespace, split: str) -> Summary:
                     break
             summary.written = len(writer)
             if not summary.written:
-                raise PreprocessError(f"--source {args.source}: none of the {len(ids)} selected images could be "
-                                      f"read (first: {summary.failed[0]})")
+                raise T2IError(f"--source {args.source}: none of the {len(ids)} selected images could be read "
+                               f"(first: {summary.failed[0]})")
         summary.seconds = time.time() - start
+        summary.problems_file = write_problems(summary, args.dest)
         return summary
     finally:
         source.close()
+
+
+PROBLEMS_SUFFIX = ".problems.txt"
+SHOWN_FAILURES = 3
+
+
+def write_problems(summary: Summary, dest: str) -> str | None:
+    """Every id skipped and every image that failed, one a line, in DEST.problems.txt (None when there is
+    none, and an older list of that name, from an earlier run, is removed)."""
+    path = dest + PROBLEMS_SUFFIX
+    if not summary.failed and not summary.missing:
+        remove_file(path)
+        return None
+    lines = [f"unreadable\t{failure}" for failure in summary.failed]
+    lines += [f"no image or caption\t{image_id}" for image_id in summary.missing]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def format_summary(summary: Summary, dest: str) -> str:
@@ -481,14 +569,19 @@ def format_summary(summary: Summary, dest: str) -> str:
         text += f" ({summary.truncated_parts} parts still too long, truncated)"
     text += f"; skipped {summary.skipped} ids without image or caption; failed {len(summary.failed)} unreadable"
     if summary.failed:
-        text += f" (first: {summary.failed[0]})"
+        shown = "; ".join(summary.failed[:SHOWN_FAILURES])
+        more = f"; and {len(summary.failed) - SHOWN_FAILURES} more" if len(summary.failed) > SHOWN_FAILURES else ""
+        text += f" ({shown}{more})"
+    if summary.problems_file:
+        text += f"; full list in {summary.problems_file}"
     return text
 
 
-def main(argv: list[str] | None = None, split: str = "train") -> None:
-    args = build_parser(split).parse_args(argv)
+def convert(split: str, **values) -> Summary:
+    """The body of the preprocessing commands: `values` are convert_dataset's options; prints the summary."""
     try:
-        summary = run(args, split)
-    except PreprocessError as err:
-        sys.exit(f"error: {err}")
-    print(format_summary(summary, args.dest))
+        summary = run(Namespace(**values), split)
+    except OSError as err:  # one not met where a file is written (a vanished source, a lost drive)
+        raise os_error(err) from None
+    print(format_summary(summary, values["dest"]))
+    return summary

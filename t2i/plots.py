@@ -1,7 +1,11 @@
-"""PNG output that people look at: image grids (with captions under the images) and loss curves."""
+"""PNG output that people look at: image grids (with captions under the images) and loss curves.
+
+Every PNG is written atomically (`files.atomic_write`): a kill or a full disk never leaves half an image under
+the final name, and a failed write is one line naming the file."""
 from __future__ import annotations
 
 import csv
+import re
 import textwrap
 
 import matplotlib
@@ -12,13 +16,14 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from train_utils import denormalize_image  # noqa: E402
+from t2i.files import atomic_write  # noqa: E402
+
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float images -> [0, 255] uint8 with the rounding of `torchvision.utils.save_image`, so scoring
     these tensors equals scoring the PNGs a user would save."""
-    return denormalize_image(images.detach().float()).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return images.detach().float().mul(0.5).add(0.5).mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def save_image_grid(images: torch.Tensor, path: str, ncol: int, captions: list[str] | None = None,
@@ -28,7 +33,8 @@ def save_image_grid(images: torch.Tensor, path: str, ncol: int, captions: list[s
     images = to_uint8(images).cpu()
     if not captions:
         grid = make_grid(images, nrow=ncol, padding=2, pad_value=255)
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+        picture = Image.fromarray(grid.permute(1, 2, 0).numpy())
+        atomic_write(path, lambda f: picture.save(f, format="PNG"))
         return
     size = images.shape[-1]
     font = ImageFont.load_default()
@@ -44,27 +50,46 @@ def save_image_grid(images: torch.Tensor, path: str, ncol: int, captions: list[s
         canvas.paste(Image.fromarray(image.permute(1, 2, 0).numpy()), (x, y))
         for line_number, line in enumerate(wrapped):
             draw.text((x, y + size + 2 + line_number * line_height), line, fill="black", font=font)
-    canvas.save(path)
+    atomic_write(path, lambda f: canvas.save(f, format="PNG"))
 
 
 def plot_loss_curve(csv_path: str, png_path: str) -> None:
-    """Plot loss_log.csv: D and G losses per logged step and per-epoch means."""
+    """Draw loss_log.csv: D and G losses at each report interval, their epoch means, and every loss component
+    (columns D/... of the discriminator step, G/... of the generator step, summed over the stages)."""
     with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    steps = [row for row in rows if row["step"] != "end"]
-    ends = [row for row in rows if row["step"] == "end"]
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = list(reader)
     if not rows:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [row for row in rows if row["step"] != "end"]
+    ends = [row for row in rows if row["step"] == "end"]
+    components: dict[str, list[str]] = {}  # "D/name" or "G/name" without the stage suffix -> its columns
+    for field in fields:
+        if field.startswith(("D/", "G/")):
+            components.setdefault(re.sub(r"_\d+$", "", field), []).append(field)
+
+    def value(row: dict, name: str) -> float:
+        return float(row[name]) if row.get(name) not in (None, "") else float("nan")
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for name, color in (("d_loss", "tab:blue"), ("g_loss", "tab:orange")):
-        axes[0].plot(range(len(steps)), [float(row[name]) for row in steps], color=color, label=name, lw=0.8)
-        axes[1].plot([int(row["epoch"]) for row in ends], [float(row[name]) for row in ends], "o-", color=color,
+        axes[0].plot(range(len(steps)), [value(row, name) for row in steps], color=color, label=name, lw=0.8)
+        axes[1].plot([int(row["epoch"]) for row in ends], [value(row, name) for row in ends], "o-", color=color,
                      label=name)
+    for name, columns in components.items():
+        style = "-" if name.startswith("D/") else "--"
+        axes[2].plot(range(len(steps)), [sum(value(row, column) for column in columns) for row in steps], style,
+                     label=name, lw=0.8)
     axes[0].set(title="losses at each report interval", xlabel="logged point", ylabel="loss")
     axes[1].set(title="epoch means", xlabel="epoch", ylabel="loss")
+    axes[2].set(title="components (D solid, G dashed; summed over stages)", xlabel="logged point", ylabel="loss")
     for axis in axes:
-        axis.legend()
+        if axis.lines:
+            axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(png_path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

@@ -16,20 +16,23 @@ benchmarks (nothing is downloaded), like `clip_utils.make_random_clip` does for 
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch_fidelity.feature_extractor_inceptionv3 import (BasicConv2d, FeatureExtractorInceptionV3, InceptionA,
-                                                          InceptionB, InceptionC, InceptionD, InceptionE_1,
-                                                          InceptionE_2)
+from torch_fidelity.feature_extractor_inceptionv3 import (URL_INCEPTION_V3, BasicConv2d, FeatureExtractorInceptionV3,
+                                                          InceptionA, InceptionB, InceptionC, InceptionD,
+                                                          InceptionE_1, InceptionE_2)
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from tqdm import tqdm
 
-from train_utils import clip_preprocess, clip_transform
+from t2i.errors import T2IError
+from t2i.files import read_torch_file, torch_file_problem
+from t2i.image_ops import clip_normalize, clip_resize
 
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name for its TF-compatible InceptionV3
 FID_LAYER = "2048"  # torch-fidelity's default feature layers for FID/KID and for IS
@@ -37,12 +40,8 @@ IS_LAYER = "logits_unbiased"
 IS_SPLITS = 10
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
+FID_FEATURES = 2048  # below this many images a set's covariance is rank-deficient and FID is biased upwards
 FIDELITY_SEED = 2020  # torch-fidelity's default rng_seed: the IS shuffle and the KID subsets depend on it
-
-
-class EvaluationError(ValueError):
-    """An input that evaluation cannot use; the message is one line naming the file or flag and the fix.
-    A ValueError, so callers that report bad input as ValueError (training) show it as one line too."""
 
 
 def inception_layout() -> nn.Module:
@@ -88,43 +87,53 @@ def make_random_inception(path: str, seed: int = 0) -> str:
 
 
 def check_inception_weights(path: str) -> None:
-    """Raise EvaluationError (one line) unless `path` is a state dict that torch-fidelity's InceptionV3 loads."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise EvaluationError(f"--inception_weights {path}: no such file") from None
-    except Exception as err:
-        raise EvaluationError(f"--inception_weights {path}: not a PyTorch state dict ({type(err).__name__}); "
-                              f"give torch-fidelity's weights-inception-2015-12-05-6726825d.pth") from None
+    """Raise T2IError (one line) unless `path` is a state dict that torch-fidelity's InceptionV3 loads."""
+    state = read_torch_file(path, "Inception weights", "give torch-fidelity's "
+                            "weights-inception-2015-12-05-6726825d.pth")
     if not isinstance(state, dict):
-        raise EvaluationError(f"--inception_weights {path}: holds a {type(state).__name__}, not a state dict")
+        raise T2IError(f"--inception_weights {path}: holds a {type(state).__name__}, not a state dict")
     expected = inception_layout().state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     if missing or unexpected:
-        raise EvaluationError(
+        raise T2IError(
             f"--inception_weights {path}: not torch-fidelity's InceptionV3 state dict ({len(missing)} keys missing, "
             f"e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); give the file "
             f"weights-inception-2015-12-05-6726825d.pth from torch-fidelity's releases")
     wrong = [key for key, value in expected.items()
              if not isinstance(state[key], torch.Tensor) or state[key].shape != value.shape]
     if wrong:
-        raise EvaluationError(f"--inception_weights {path}: {len(wrong)} tensors have the wrong shape "
-                              f"(first: {wrong[0]}); give torch-fidelity's InceptionV3 weights")
+        raise T2IError(f"--inception_weights {path}: {len(wrong)} tensors have the wrong shape "
+                       f"(first: {wrong[0]}); give torch-fidelity's InceptionV3 weights")
+
+
+def cached_inception_path() -> str:
+    """Where torch.hub keeps torch-fidelity's downloaded Inception weights ($TORCH_HOME/hub/checkpoints/...)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(URL_INCEPTION_V3))
 
 
 def load_inception(weights_path: str | None, device: torch.device | str) -> FeatureExtractorInceptionV3:
     """torch-fidelity's InceptionV3 giving the FID/KID and IS features, on `device`, in eval mode.
 
-    With no `weights_path` torch-fidelity downloads its weights (cached by torch.hub after the first time)."""
+    With no `weights_path` torch-fidelity downloads its weights (cached by torch.hub after the first time). A
+    damaged cached copy (an interrupted first download leaves an empty or truncated file) is named, with the
+    fix: delete it, and it is downloaded again."""
     if weights_path is not None:
         check_inception_weights(weights_path)
     try:
         extractor = FeatureExtractorInceptionV3(INCEPTION_NAME, [FID_LAYER, IS_LAYER],
                                                 feature_extractor_weights_path=weights_path)
-    except OSError as err:  # the download failed: offline, or no access to GitHub
-        raise EvaluationError(f"could not download the Inception weights ({type(err).__name__}: {err}); "
-                              f"pass a local copy with --inception_weights") from None
+    except Exception as err:  # torch.hub and torch.load raise many types; each case is named below
+        cached = cached_inception_path()
+        problem = torch_file_problem(cached) if weights_path is None and os.path.isfile(cached) else None
+        if problem is not None:
+            raise T2IError(f"{cached}: torch.hub's cached copy of the Inception weights is {problem} (an interrupted "
+                           f"download); delete the file and run again: it is downloaded again (or pass a local "
+                           f"copy with --inception_weights)") from None
+        if isinstance(err, OSError):  # the download failed: offline, or no access to GitHub
+            raise T2IError(f"could not download the Inception weights ({type(err).__name__}: {err}); connect to "
+                           f"the internet, or pass a local copy with --inception_weights") from None
+        raise
     return extractor.to(device).eval()
 
 
@@ -151,7 +160,7 @@ def frechet_distance(generated: dict[str, torch.Tensor], real: dict[str, torch.T
     problem takes seconds on a CPU whatever the number of images)."""
     num_generated, num_real = len(generated[FID_LAYER]), len(real[FID_LAYER])
     if min(num_generated, num_real) < 2:
-        raise EvaluationError(f"FID needs at least 2 images a set, got {num_generated} generated and {num_real} "
+        raise T2IError(f"FID needs at least 2 images a set, got {num_generated} generated and {num_real} "
                               f"real; raise --num_samples")
     fid = fid_statistics_to_metric(fid_features_to_statistics(generated[FID_LAYER]),
                                    fid_features_to_statistics(real[FID_LAYER]), verbose=False)
@@ -171,25 +180,44 @@ def inception_score(generated: dict[str, torch.Tensor], splits: int = IS_SPLITS)
     """IS (mean, std over `splits` splits of the shuffled set), as torch-fidelity computes it."""
     count = len(generated[IS_LAYER])
     if count < splits:
-        raise EvaluationError(f"IS with {splits} splits needs at least {splits} generated images, got {count}; "
+        raise T2IError(f"IS with {splits} splits needs at least {splits} generated images, got {count}; "
                               f"raise --num_samples")
     isc = isc_features_to_metric(generated[IS_LAYER], splits=splits, shuffle=True, rng_seed=FIDELITY_SEED)
     return isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
 
 
 def fidelity_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor],
-                     isc_splits: int = IS_SPLITS) -> dict[str, float | int]:
-    """FID and KID between two feature sets and IS of the first, with torch-fidelity's defaults."""
+                     isc_splits: int = IS_SPLITS) -> dict:
+    """FID and KID between two feature sets and IS of the first, with torch-fidelity's defaults, each with the
+    sample size it was measured on, and `caveats`: where an estimate is biased or degenerate, in words.
+
+    `kid_std` is None (not measured) when every KID subset is a whole set: the 100 subsets are then the same
+    images and their spread is 0 by construction, not a measurement."""
+    num_generated, num_real = len(generated[FID_LAYER]), len(real[FID_LAYER])
     is_mean, is_std = inception_score(generated, isc_splits)
     kid_mean, kid_std, kid_subset_size = kernel_distance(generated, real)
+    caveats = []
+    if min(num_generated, num_real) < FID_FEATURES:
+        caveats.append(f"FID from {num_generated} generated and {num_real} real images (under {FID_FEATURES}, its "
+                       f"feature count) is biased upwards and depends on the number of images: compare only "
+                       f"figures measured on the same number")
+    if kid_subset_size >= num_generated and kid_subset_size >= num_real:
+        kid_std = None
+        caveats.append(f"KID's spread is not measured: its {KID_SUBSETS} subsets of {kid_subset_size} images are "
+                       f"the whole sets, so they cannot differ (that needs more than {KID_SUBSET_SIZE} images a set)")
     return {
         "fid": frechet_distance(generated, real),
+        "fid_num_generated": num_generated,
+        "fid_num_real": num_real,
         "kid_mean": kid_mean,
         "kid_std": kid_std,
+        "kid_subset_size": kid_subset_size,
+        "kid_subsets": KID_SUBSETS,
         "is_mean": is_mean,
         "is_std": is_std,
-        "kid_subset_size": kid_subset_size,
         "is_splits": isc_splits,
+        "is_split_size": num_generated // isc_splits,
+        "caveats": caveats,
     }
 
 
@@ -201,7 +229,7 @@ def clip_image_embeddings(clip_model: nn.Module, images: Sequence[torch.Tensor],
     CLIP's standard preprocessing (bicubic resize, centre crop to 224, CLIP normalisation), deterministic."""
     device = clip_model.visual.conv1.weight.device
     dtype = clip_model.visual.conv1.weight.dtype
-    resize, normalize = clip_transform(clip_model.visual.input_resolution), clip_preprocess()
+    resize, normalize = clip_resize(clip_model.visual.input_resolution), clip_normalize()
     embeddings = []
     for start in tqdm(range(0, len(images), batch_size), desc="clip", unit="batch", disable=not progress, leave=False):
         batch = images[start:start + batch_size].to(device).float().div_(255)

@@ -1,0 +1,78 @@
+"""Mixed precision: which autocast a device gets, and optimizer steps with gradient scaling.
+
+On CUDA, `--amp` (the default there) runs the forward passes in fp16 under autocast and scales the losses
+(`torch.amp.GradScaler`), so that small fp16 gradients do not underflow; a step whose gradients overflow is
+skipped by the scaler. On a CPU, `--amp` means bf16 autocast (no scaling: bf16 has fp32's range); it is off by
+default there, and refused on a CPU without native bf16 support, where it is many times slower than fp32.
+"""
+from __future__ import annotations
+
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from t2i.errors import T2IError
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (x86 AVX512-BF16 or AMX, Arm BF16); elsewhere bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: Apple silicon has bf16 instructions, older Intel Macs do not
+        return platform.machine() in ("arm64", "aarch64")
+    return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", flags) is not None
+
+
+@dataclass
+class Precision:
+    """Autocast settings and the two gradient scalers (discriminators, generator) of one run."""
+    device_type: str
+    autocast_dtype: torch.dtype | None  # None: fp32 throughout
+    loss_scaling: bool
+    scaler_d: torch.amp.GradScaler = field(init=False)
+    scaler_g: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler_d = torch.amp.GradScaler(self.device_type, enabled=self.loss_scaling)
+        self.scaler_g = torch.amp.GradScaler(self.device_type, enabled=self.loss_scaling)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def state_dict(self) -> dict:
+        return {"scaler_d": self.scaler_d.state_dict(), "scaler_g": self.scaler_g.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scaler_d.load_state_dict(state["scaler_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+
+
+def precision_for(device: torch.device, amp: bool | None) -> Precision:
+    """fp16 with loss scaling on CUDA unless --no-amp; fp32 on a CPU unless --amp (bf16)."""
+    if device.type == "cuda":
+        return Precision("cuda", torch.float16 if amp in (None, True) else None, amp in (None, True))
+    if amp and not cpu_has_native_bf16():
+        raise T2IError(f"--amp on the CPU means bf16, which this CPU ({torch.backends.cpu.get_cpu_capability()}) "
+                       f"only emulates, many times slower than fp32; leave --amp off on this machine")
+    return Precision(device.type, torch.bfloat16 if amp else None, False)
+
+
+def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
+                    reduce: Callable[[], bool] | None = None) -> bool:
+    """Backward through `loss` (scaled) and one step of each optimizer. Among several processes, `reduce` runs
+    between the two (t2i/distributed.py): it sums the gradients over the processes, and returns False, and then
+    nothing steps, when some process's loss was not finite."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if reduce is not None and not reduce():
+        return False
+    for optimizer in optimizers:
+        scaler.step(optimizer)
+    scaler.update()
+    return True

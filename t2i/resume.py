@@ -1,0 +1,201 @@
+"""Where a run continues, what it needs to continue exactly, and what it may do to the folders it writes.
+
+`--resume_checkpoint_path DIR --resume_epoch N` continues after complete epoch N; `--resume_epoch latest` after
+the newest complete epoch, or from the mid-epoch snapshot (`--save_every_steps`) when that is newer and was made
+by as many processes as this run has (torchrun; otherwise the newest complete epoch). Epoch N's
+weights are the contract's files; `epoch_N_state.pt` adds the optimizers, gradient scalers, RNG states and the
+raw generator (when the saved one is the EMA), so the resumed run equals an uninterrupted one tensor for tensor.
+
+A run never mixes its files with another run's, and never loses one: a fresh run refuses a folder that holds
+another run's files, and so does a resume of epoch K while the folder holds later epochs (their files, log
+rows and hyperparameter.pt would be replaced). With `--overwrite` those files are moved into a
+`previous_run_<time>/` subfolder first, nothing is deleted (`OutputFolders.prepare`).
+
+Everything here is checked before the run writes its first file.
+"""
+from __future__ import annotations
+
+import os
+from argparse import Namespace
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from t2i import checkpoints, distributed, options
+from t2i.errors import T2IError
+from t2i.files import make_folder
+
+
+@dataclass
+class ResumePoint:
+    epoch: int          # the epoch to run next
+    step: int           # the first batch of that epoch still to run
+    state: dict | None  # the training state; None when only the weights exist (a run of the course's code)
+    source: str         # for messages
+    snapshot: bool      # the weights are inside `state` (a mid-epoch snapshot), not in epoch files
+    record: dict | None = None                          # run_options.json of the resumed run, when it has one
+    changes: list[str] = field(default_factory=list)    # options changed since then ('--lam: 10.0 -> 0.0')
+    unusable_snapshot: bool = False                     # a newer snapshot made by another number of processes
+
+    def load_snapshot_weights(self, G: nn.Module, D_list: list[nn.Module]) -> None:
+        try:
+            G.load_state_dict(self.state["generator"])
+            for D, weights in zip(D_list, self.state["discriminators"]):
+                D.load_state_dict(weights)
+        except RuntimeError:
+            raise T2IError(f"{self.source}: made with other hyperparameters than this run ("
+                           f"{checkpoints.describe_mismatch(G, self.state['generator'])}); resume with the flags "
+                           f"it was made with, or from a complete epoch") from None
+
+
+def _nothing_to_train(args: Namespace, path: str, last: int) -> T2IError:
+    return T2IError(f"--num_epochs {args.num_epochs}: epochs 0-{last} of {path} are done already, so there is "
+                    f"nothing to train (and nothing was changed); raise --num_epochs above {last + 1} to train more")
+
+
+def find_resume_point(args: Namespace) -> ResumePoint | None:
+    """Where to continue (None: a fresh run). Refuses, before anything is written, a point that does not exist,
+    a run with nothing left to train, files holding NaN or Inf, and options the saved weights cannot take."""
+    path, requested = args.resume_checkpoint_path, args.resume_epoch
+    unusable_snapshot = False
+    if path is None or requested == -1:
+        return None
+    if not os.path.isdir(path):
+        if requested == "latest":  # the notebook's first session: nothing to resume yet
+            print(f"No checkpoint folder {path} yet: starting from scratch")
+            return None
+        raise T2IError(f"--resume_checkpoint_path {path}: no such folder")
+    epochs = checkpoints.complete_epochs(path, args.num_stage)
+    mid_path = os.path.join(path, checkpoints.MID_EPOCH_FILE)
+    resume = None
+    if requested == "latest":
+        mid_state = checkpoints.read_training_state(mid_path) if os.path.isfile(mid_path) else None
+        if mid_state is not None and (not epochs or mid_state["epoch"] > epochs[-1]):
+            made_by, world_size = mid_state.get("world_size", 1), distributed.world_size()
+            if made_by == world_size:
+                resume = ResumePoint(mid_state["epoch"], mid_state["step"], mid_state,
+                                     f"the mid-epoch snapshot {mid_path}", snapshot=True)
+                if resume.epoch >= args.num_epochs:
+                    raise _nothing_to_train(args, path, resume.epoch - 1)
+            else:  # each process's share of an epoch depends on their number: the position does not carry over
+                print(f"{mid_path} was made by {made_by} process(es) and this run has {world_size}: an epoch cannot "
+                      f"go on mid-way with another number of processes, so training continues after the last "
+                      f"complete epoch (the snapshot is kept in a previous_run_<time> subfolder)")
+                unusable_snapshot = True
+        if resume is None:
+            if not epochs:
+                print(f"No checkpoint in {path} yet: starting from scratch")
+                return None
+            requested = epochs[-1]
+    if resume is None:
+        epoch = int(requested)
+        if epoch not in epochs:
+            raise T2IError(f"--resume_epoch {epoch}: {path} has no complete epoch {epoch} "
+                           f"(complete epochs: {epochs or 'none'})")
+        if epoch + 1 >= args.num_epochs:
+            raise _nothing_to_train(args, path, epoch)
+        state_path = checkpoints.state_file(path, epoch)
+        state = (checkpoints.read_clean_training_state(state_path, args.num_stage) if os.path.isfile(state_path)
+                 else None)
+        resume = ResumePoint(epoch + 1, 0, state, f"epoch {epoch} in {path}", snapshot=False,
+                             unusable_snapshot=unusable_snapshot)
+    elif resume.snapshot:
+        checkpoints.refuse_nonfinite(resume.state, mid_path, args.num_stage)
+    resume.record = checkpoints.read_run_record(path)
+    if resume.record is not None:  # a model option that differs is refused here, by name
+        resume.changes = options.compare_with_saved(resume.record.get("options", {}), args)
+    return resume
+
+
+def continues_in_place(args: Namespace, resume: ResumePoint | None) -> bool:
+    """Whether the run continues the run already in --checkpoint_path (resuming from that same folder)."""
+    if args.resume_checkpoint_path is None or args.resume_epoch == -1:
+        return False
+    same = os.path.realpath(args.resume_checkpoint_path) == os.path.realpath(args.checkpoint_path)
+    # `--resume_epoch latest` on a folder without a checkpoint starts afresh there: what it holds is that same
+    # run's start (hyperparameter.pt, a log), with no epoch to lose.
+    return same and (resume is not None or args.resume_epoch == "latest")
+
+
+@dataclass
+class OutputFolders:
+    """The checkpoint and result folders of a run, and the files of another run that `prepare` moves aside."""
+    args: Namespace
+    moved: dict[str, list[str]]     # folder -> names to move into previous_run_<time>/
+    copied: dict[str, list[str]]    # folder -> names to copy there (the continuing run keeps using them)
+
+    def prepare(self) -> None:
+        """Make the folders; with --overwrite, move the other run's files aside. Called once every input is
+        checked, just before the run's first write."""
+        make_folder(self.args.checkpoint_path, "--checkpoint_path")
+        make_folder(self.args.result_path, "--result_path")
+        folders = [folder for folder in self.moved if self.moved[folder]]
+        if not folders:
+            return
+        subfolder = checkpoints.previous_run_folder(folders)
+        for folder in folders:
+            target = checkpoints.move_aside(folder, subfolder, self.moved[folder], self.copied.get(folder, []))
+            print(f"--overwrite: moved {len(self.moved[folder])} file(s) of the previous run from {folder} into "
+                  f"{target}")
+
+
+def check_output_folder(args: Namespace, resume: ResumePoint | None) -> OutputFolders:
+    """What the run would replace in its folders, refused unless --overwrite (which moves it aside instead).
+
+    A fresh run (or one resumed from another folder) replaces every run file in --checkpoint_path and
+    --result_path. A run that continues the one in --checkpoint_path replaces only what comes after its resume
+    point: later complete epochs, a later mid-epoch snapshot, and their sample grids and reports."""
+    folders = list(dict.fromkeys([args.checkpoint_path, args.result_path]))
+    if continues_in_place(args, resume):
+        later = later_than(args, resume)
+        if not later:
+            return OutputFolders(args, {}, {})
+        moved = {folder: [name for name in checkpoints.run_files(folder) if name in later] for folder in folders}
+        # The log, options, hyperparameters and loss curve describe the whole old run: a copy goes with it.
+        kept = [checkpoints.HYPERPARAMETER_FILE, checkpoints.RUN_OPTIONS_FILE, checkpoints.LOSS_LOG_FILE,
+                "loss_curve.png"]
+        copied = {folder: [name for name in checkpoints.run_files(folder) if name in kept] for folder in folders}
+        # A snapshot that --resume_epoch latest could not use (another number of processes) is set aside unasked.
+        set_aside_unasked = resume.unusable_snapshot and later == {checkpoints.MID_EPOCH_FILE}
+        if not args.overwrite and not set_aside_unasked:
+            epochs = sorted({checkpoints.epoch_of_name(name) for name in later} - {None})
+            parts = [f"later epochs {epochs}"] if epochs else []
+            if checkpoints.MID_EPOCH_FILE in later:
+                parts.append("a later mid-epoch snapshot")
+            raise T2IError(f"--resume_epoch {args.resume_epoch}: {args.checkpoint_path} holds {' and '.join(parts)}, "
+                           f"which this run would replace; resume with --resume_epoch latest, write to another "
+                           f"--checkpoint_path, or pass --overwrite to move them into a previous_run_<time> subfolder")
+        return OutputFolders(args, moved, copied)
+    moved = {folder: checkpoints.run_files(folder) for folder in folders}
+    found = [os.path.join(folder, name) for folder in folders for name in moved[folder]]
+    if found and not args.overwrite:
+        epochs = checkpoints.complete_epochs(args.checkpoint_path, args.num_stage)
+        what = f"epochs {epochs} of another run" if epochs else f"{len(found)} file(s) of another run"
+        raise T2IError(f"--checkpoint_path {args.checkpoint_path} / --result_path {args.result_path} already hold "
+                       f"{what} (e.g. {found[0]}); resume it with --resume_checkpoint_path {args.checkpoint_path} "
+                       f"--resume_epoch latest, choose other folders, or pass --overwrite to move them into a "
+                       f"previous_run_<time> subfolder")
+    return OutputFolders(args, moved, {})
+
+
+def later_than(args: Namespace, resume: ResumePoint | None) -> set[str]:
+    """Names of run files in the run's folders that belong after the resume point (they would be replaced)."""
+    if resume is None:
+        return set()
+    later = set()
+    for epoch in checkpoints.complete_epochs(args.checkpoint_path, args.num_stage):
+        if epoch >= resume.epoch:
+            later.update(name for name in checkpoints.run_files(args.checkpoint_path)
+                         if checkpoints.epoch_of_name(name) == epoch)
+            later.update(name for name in checkpoints.run_files(args.result_path)
+                         if checkpoints.epoch_of_name(name) == epoch)
+    mid_path = os.path.join(args.checkpoint_path, checkpoints.MID_EPOCH_FILE)
+    if not resume.snapshot and os.path.isfile(mid_path):
+        try:
+            mid = checkpoints.read_training_state(mid_path)
+            is_later = (mid["epoch"], mid["step"]) > (resume.epoch, resume.step)
+        except T2IError:
+            is_later = True  # unreadable: not ours to judge, and not to be overwritten silently either
+        if is_later:
+            later.add(checkpoints.MID_EPOCH_FILE)
+    return later
