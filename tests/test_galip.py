@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import clip_utils
+from t2i import clip_utils
 import galip_losses as gl
 import network_galip
 from network_galip import (Affine, DBlock, Discriminator, GBlock, Generator, generator_channels, weight_init)
