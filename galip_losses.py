@@ -170,28 +170,36 @@ def text_image_similarity(image_embedding: torch.Tensor, sentence: torch.Tensor)
 
 def discriminator_loss(model_d: nn.Module, real_layers: torch.Tensor, fake_layers: torch.Tensor,
                        sentence: torch.Tensor, k: float = MA_GP_K, p: float = MA_GP_P,
-                       scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                       scaler: torch.amp.GradScaler | None = None, mismatch: bool = True
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GALIP's whole D loss for one batch (stage-0 `network_galip.Discriminator`): hinge with fake and
     mismatched negatives, plus MA-GP on the real, matching pairs, with respect to the CLIP features and the
-    sentence as D's head reads it (`text_input`, sqrt(D) s). `sentence` is unit-norm. Returns (loss, float
-    components)."""
+    sentence as D's head reads it (`text_input`, sqrt(D) s). `sentence` is unit-norm. `mismatch` False drops
+    the mismatched negative (L_D = real + fake). Returns (loss, detached components: read back only when
+    reported, so a CUDA step never waits for them)."""
     real_layers = real_layers.detach().requires_grad_(True)
     text = model_d.text_input(sentence.detach()).detach().requires_grad_(True)  # sqrt(D) s, what D's head reads
     real_features = model_d.features(real_layers)
     real_logits = model_d.predict(real_features, text)
-    mismatched_logits = model_d.predict(real_features, mismatched_sentences(text))
     fake_logits = model_d.predict(model_d.features(fake_layers.detach()), text.detach())
-    hinge = discriminator_hinge_loss(real_logits, fake_logits, mismatched_logits)
+    parts = {"d_real": hinge_real(real_logits), "d_fake": hinge_fake(fake_logits)}
+    if mismatch:
+        mismatched_logits = model_d.predict(real_features, mismatched_sentences(text))
+        hinge = discriminator_hinge_loss(real_logits, fake_logits, mismatched_logits)
+        parts["d_mismatch"] = hinge_fake(mismatched_logits)
+    else:
+        hinge = parts["d_real"] + parts["d_fake"]
     penalty = ma_gp(real_logits, (real_layers, text), k, p, scaler)
-    parts = {"d_real": hinge_real(real_logits).item(), "d_fake": hinge_fake(fake_logits).item(),
-             "d_mismatch": hinge_fake(mismatched_logits).item(), "d_ma_gp": penalty.item()}
-    return hinge + penalty, parts
+    parts["d_ma_gp"] = penalty
+    return hinge + penalty, {name: value.detach() for name, value in parts.items()}
 
 
 def generator_loss(model_d: nn.Module, fake_layers: torch.Tensor, fake_embedding: torch.Tensor,
-                   sentence: torch.Tensor, sim_weight: float = SIM_WEIGHT) -> tuple[torch.Tensor, dict[str, float]]:
-    """GALIP's G loss: -E[D(fake, s)] - sim_weight * E[cos(CLIP(fake), s)]. Returns (loss, float components)."""
+                   sentence: torch.Tensor, sim_weight: float = SIM_WEIGHT
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GALIP's G loss: -E[D(fake, s)] - sim_weight * E[cos(CLIP(fake), s)]. Returns (loss, detached
+    components)."""
     sentence = sentence.detach()
     adversarial = generator_hinge_loss(model_d(fake_layers, sentence))
     similarity = text_image_similarity(fake_embedding, sentence)
-    return adversarial - sim_weight * similarity, {"g_adv": adversarial.item(), "g_sim": similarity.item()}
+    return adversarial - sim_weight * similarity, {"g_adv": adversarial.detach(), "g_sim": similarity.detach()}

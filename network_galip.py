@@ -195,6 +195,8 @@ class Generator(nn.Module):
     D judges against) and `log_sigma` zeros, so a KL term on them is a constant with no gradient.
     """
 
+    ARCH = "galip"  # read by train.py: the course's main.py, with this module as network.py, trains GALIP
+
     def __init__(self, clip_embedding_dim: int, projection_dim: int, noise_dim: int, g_in_chans: int,
                  g_out_chans: int, num_stage: int, device: torch.device | str):
         super().__init__()
@@ -281,6 +283,8 @@ class Discriminator(nn.Module):
     its 6th power swamped the penalty (measured at initialisation: 5.1 against 0.11 for the image features),
     which taught D to ignore the text.
     """
+
+    ARCH = "galip"
 
     def __init__(self, projection_dim: int, g_out_chans: int, d_in_chans: int, d_out_chans: int,
                  clip_embedding_dim: int, stage: int, device: torch.device | str):

@@ -24,4 +24,5 @@ class GeneratorEMA:
         # A short warm-up, so that the average is not dominated by the random initialisation in short runs.
         decay = min(self.decay, (1 + num_updates) / (10 + num_updates))
         torch._foreach_lerp_(self._ema_params, [p.detach() for p in generator.parameters()], 1 - decay)
-        torch._foreach_copy_(self._ema_buffers, list(generator.buffers()))
+        if self._ema_buffers:  # GALIP's generator has no BatchNorm, so no buffers
+            torch._foreach_copy_(self._ema_buffers, list(generator.buffers()))

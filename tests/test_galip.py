@@ -384,3 +384,85 @@ def test_patch_embedding_equals_clip_convolution(tiny_clip_path):
     assert torch.allclose(gl.patch_embedding(conv1, images), expected, atol=1e-4)
     with pytest.raises(ValueError):
         gl.patch_embedding(nn.Conv2d(3, 8, 4, stride=2), images)
+
+
+# ------------------------------------------------------------------------------- training (--arch galip)
+
+def galip_argv(data, root, clip_path, epochs, *extra, stages=1):
+    """Our main.py with --arch galip at tiny widths (ngf 2); 64 px unless `stages` says otherwise."""
+    return ["--train_data", data, "--batch_size", "4", "--num_epochs", str(epochs), "--learning_rate", "2e-4",
+            "--report_interval", "1", "--noise_dim", "8", "--projection_dim", "8", "--clip_embedding_dim", "512",
+            "--checkpoint_path", str(root / "checkpoints"), "--result_path", str(root / "results"),
+            "--num_stage", str(stages), "--resume_epoch", "-1", "--clip_model", clip_path, "--arch", "galip",
+            "--g_in_chans", "16", "--device", "cpu", *extra]
+
+
+def test_arch_option_defaults_and_validation():
+    from t2i import options
+    from t2i.errors import T2IError
+
+    course = argparse.Namespace(learning_rate=2e-4, num_stage=3)
+    galip = options.complete(course, network_arch="galip")
+    assert (galip.arch, galip.g_in_chans, galip.d_in_chans, galip.g_lr, galip.d_lr) == ("galip", 256, 768, 1e-4, 4e-4)
+    stackgan = options.complete(course)
+    assert (stackgan.arch, stackgan.g_in_chans, stackgan.d_in_chans, stackgan.g_lr) == ("stackgan", 1024, 64, None)
+    given = options.parse(["--arch", "galip", "--g_in_chans", "24", "--g_lr", "3e-4"], "")
+    completed = options.complete(given)
+    assert (completed.g_in_chans, completed.g_lr, completed.d_lr) == (24, 3e-4, 4e-4)
+    options.validate(completed)  # a multiple of 8 is enough for GALIP
+    with pytest.raises(T2IError, match="multiple of 8"):
+        options.validate(options.complete(options.parse(["--arch", "galip", "--g_in_chans", "20"], "")))
+    assert options.BY_NAME["arch"].on_resume == options.MUST_MATCH
+
+
+def test_training_writes_the_contract_files_and_logs_galip_losses(small_train_zip, tiny_clip_path, tmp_path):
+    import main
+    from t2i import checkpoints
+
+    main.main(galip_argv(small_train_zip, tmp_path, tiny_clip_path, 1, stages=3))
+    folder = tmp_path / "checkpoints"
+    hyp = torch.load(folder / "hyperparameter.pt", weights_only=True)
+    width = clip_utils.load_clip(tiny_clip_path).visual.conv1.out_channels
+    assert (hyp["g_in_chans"], hyp["d_in_chans"], hyp["num_stage"]) == (16, width, 3)  # d_in_chans: the CLIP's
+    G = Generator(hyp["clip_embedding_dim"], hyp["projection_dim"], hyp["noise_dim"], hyp["g_in_chans"],
+                  hyp["g_out_chans"], hyp["num_stage"], "cpu")
+    G.load_state_dict(torch.load(folder / "epoch_0_Gen.pt", weights_only=True))
+    for stage in range(3):
+        Discriminator(hyp["projection_dim"], hyp["g_out_chans"], hyp["d_in_chans"], hyp["d_out_chans"],
+                      hyp["clip_embedding_dim"], stage, "cpu").load_state_dict(
+            torch.load(folder / f"epoch_0_Dis_{stage}.pt", weights_only=True))
+    assert checkpoints.read_run_record(str(folder))["options"]["arch"] == "galip"
+    header = (folder / "loss_log.csv").read_text().splitlines()[0].split(",")
+    assert {"D/d_real_0", "D/d_fake_0", "D/d_mismatch_0", "D/d_ma_gp_0", "G/g_adv_0", "G/g_sim_0"} <= set(header)
+    assert (tmp_path / "results" / "epoch_0.png").is_file()
+    state = torch.load(folder / "epoch_0_state.pt", weights_only=False)
+    assert state["trainer"]["optim_d"][0]["param_groups"][0]["betas"] == (0.0, 0.9)
+    assert state["trainer"]["optim_g"]["param_groups"][0]["lr"] == 1e-4
+
+
+def test_resume_equals_an_uninterrupted_run(small_train_zip, tiny_clip_path, tmp_path):
+    """Two epochs of one step each, straight and resumed after the first: the same weights, bit for bit."""
+    import main
+
+    data = small_train_zip
+    main.main(galip_argv(data, tmp_path / "straight", tiny_clip_path, 2))
+    main.main(galip_argv(data, tmp_path / "resumed", tiny_clip_path, 1))
+    argv = galip_argv(data, tmp_path / "resumed", tiny_clip_path, 2)
+    argv[argv.index("--resume_epoch") + 1] = "0"
+    main.main(argv + ["--resume_checkpoint_path", str(tmp_path / "resumed" / "checkpoints")])
+    for name in ("epoch_1_Gen.pt", "epoch_1_Dis_0.pt"):
+        a = torch.load(tmp_path / "straight" / "checkpoints" / name, weights_only=True)
+        b = torch.load(tmp_path / "resumed" / "checkpoints" / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), name
+
+
+def test_resume_refuses_another_arch(small_train_zip, tiny_clip_path, tmp_path):
+    import main
+
+    main.main(galip_argv(small_train_zip, tmp_path, tiny_clip_path, 1))
+    argv = galip_argv(small_train_zip, tmp_path, tiny_clip_path, 2)
+    argv[argv.index("--resume_epoch") + 1] = "0"
+    argv[argv.index("--arch") + 1] = "stackgan"
+    argv[argv.index("--g_in_chans") + 1] = "64"
+    with pytest.raises(SystemExit, match="--arch stackgan: the checkpoints to resume were made with --arch galip"):
+        main.main(argv + ["--resume_checkpoint_path", str(tmp_path / "checkpoints")])
