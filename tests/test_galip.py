@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from t2i import clip_utils
 import galip_losses as gl
 import network_galip
-from network_galip import (Affine, DBlock, Discriminator, GBlock, Generator, generator_channels, weight_init)
+from network_galip import (Affine, DBlock, Discriminator, Generator, generator_channels, weight_init)
 from train_utils import denormalize_image, load_checkpoint, save_hyp, save_model
 
 CLIP_DIM, PROJ, NOISE = 512, 128, 100
@@ -466,3 +466,72 @@ def test_resume_refuses_another_arch(small_train_zip, tiny_clip_path, tmp_path):
     argv[argv.index("--g_in_chans") + 1] = "64"
     with pytest.raises(SystemExit, match="--arch stackgan: the checkpoints to resume were made with --arch galip"):
         main.main(argv + ["--resume_checkpoint_path", str(tmp_path / "checkpoints")])
+
+
+# ------------------------------------------------------------- the course's files, with GALIP as network.py
+
+def test_course_main_trains_galip_and_the_packed_folder_generates_with_course_files(small_train_zip, tiny_clip_path,
+                                                                                     tmp_path):
+    """network_galip.py as network.py: the course's main.py (course flags only) trains one epoch as GALIP;
+    check_submission packs the folder with that network.py; the course's generate_image.py, beside the packed
+    network.py, writes the three PNGs from the packed checkpoint."""
+    import zipfile
+
+    from PIL import Image
+
+    import check_submission
+    from t2i import harness
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = harness.prepare_workdir(str(tmp_path / "train"), network_galip.__file__, os.path.join(root, "train.py"))
+    argv = ["--train_data", small_train_zip, "--batch_size", "4", "--num_epochs", "1", "--learning_rate", "2e-4",
+            "--report_interval", "50", "--noise_dim", "100", "--projection_dim", "128", "--clip_embedding_dim", "512",
+            "--checkpoint_path", "checkpoints", "--result_path", "results", "--num_stage", "3", "--resume_epoch", "-1",
+            "--use_contrastive_loss"]
+    done = harness.run_course_script(workdir, "main.py", argv, clip_standin=tiny_clip_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint_path = os.path.join(workdir, "checkpoints")
+    hyp = torch.load(os.path.join(checkpoint_path, "hyperparameter.pt"), weights_only=True)
+    assert hyp["g_in_chans"] == 256  # GALIP's default width: the course's main.py cannot pass --g_in_chans
+    assert os.path.isfile(os.path.join(workdir, "results", "epoch_0.png"))
+
+    zip_path = str(tmp_path / "submission.zip")
+    status = check_submission.main(["--checkpoint_path", checkpoint_path, "--epoch", "0", "--clip_model",
+                                    tiny_clip_path, "--out_dir", str(tmp_path / "check"), "--num_images", "1",
+                                    "--device", "cpu", "--zip", zip_path])
+    assert status == 0
+    packed = tmp_path / "packed"
+    with zipfile.ZipFile(zip_path) as archive:
+        assert sorted(archive.namelist()) == sorted(["network.py", "hyperparameter.pt", "epoch_0_Gen.pt",
+                                                     "epoch_0_Dis_0.pt", "epoch_0_Dis_1.pt", "epoch_0_Dis_2.pt"])
+        archive.extractall(packed)
+    assert (packed / "network.py").read_bytes() == open(network_galip.__file__, "rb").read()
+    for size in (64, 128, 256):
+        assert (tmp_path / "check" / "course_generate_image" / f"result_{size}.png").is_file()
+
+    grader = harness.prepare_workdir(str(tmp_path / "grader"), str(packed / "network.py"),
+                                     os.path.join(root, "train.py"))
+    done = harness.run_course_script(grader, "generate_image.py", ["--prompt", "The man has a beard.",
+                                                                   "--load_epoch", "0", "--checkpoint_path",
+                                                                   str(packed)], clip_standin=tiny_clip_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for size in (64, 128, 256):
+        with Image.open(os.path.join(grader, f"result_{size}.png")) as image:
+            assert image.size == (size, size)
+
+
+def test_check_submission_reads_the_arch_from_the_run(small_train_zip, tiny_clip_path, tmp_path, capsys):
+    """A GALIP run trained by our main.py: check_submission finds --arch galip in run_options.json; told
+    --arch stackgan instead, it reports the weights do not fit StackGAN's models."""
+    import check_submission
+    import main
+
+    argv = galip_argv(small_train_zip, tmp_path, tiny_clip_path, 1, stages=3)
+    argv[argv.index("--g_in_chans") + 1] = "64"  # a width StackGAN's constructor accepts at 3 stages
+    main.main(argv)
+    common = ["--checkpoint_path", str(tmp_path / "checkpoints"), "--epoch", "0", "--clip_model", tiny_clip_path,
+              "--out_dir", str(tmp_path / "check"), "--num_images", "1", "--device", "cpu"]
+    assert check_submission.main(common) == 0
+    assert "(galip, 3 stages" in capsys.readouterr().out
+    assert check_submission.main(common + ["--arch", "stackgan"]) == 1
+    assert "does not fit the Generator" in capsys.readouterr().err
