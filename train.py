@@ -13,6 +13,9 @@ skeleton gives had to change, a comment says why. The changes that make a step c
 generator forward per iteration, the discriminators' step on detached fakes (no backward through G, no
 retain_graph), each discriminator's trunk run once per image batch and shared by its heads, and frozen
 discriminators in the generator's step.
+
+`--arch galip` (or network.py being network_galip.py, under the course's main.py too) trains GALIP instead, the
+guideline's Problem 5: `train` hands the run to `train_galip.train` (its step, losses and optimizers).
 """
 from __future__ import annotations
 
