@@ -405,9 +405,9 @@ def report(opts: Namespace, results: list[dict]) -> None:
                     print(f"    {value / 1e9:>9.1f}  {name}")
     iterations = -(-opts.epoch_images // opts.batch_size)
     for r in results:
-        hours = r["flops"] * iterations / (opts.t4_tflops * 1e12) / 3600
+        minutes = r["flops"] * iterations / (opts.t4_tflops * 1e12) / 60
         print(f"  {r['impl']}: T4 epoch estimate ({opts.epoch_images} images, {iterations} iterations at "
-              f"{opts.t4_tflops:g} TFLOP/s sustained fp16, from the FLOP count): {hours:.2f} h")
+              f"{opts.t4_tflops:g} TFLOP/s sustained fp16, from the FLOP count): {minutes:.1f} min")
     by_impl = {r["impl"]: r for r in results}
     other = "galip" if "galip" in by_impl else "ours"
     if other in by_impl and "course" in by_impl:
