@@ -28,8 +28,8 @@ import torch.nn as nn
 from torch.nn import BCEWithLogitsLoss
 from torch.optim import Adam
 
-from dataloader import get_dataloader
 import train_galip
+from dataloader import get_dataloader
 from network import Discriminator, Generator, weight_init
 from read_dataset import ZipDataset
 from t2i import clip_utils, distributed, options
