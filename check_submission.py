@@ -8,6 +8,11 @@ strictly, and run their own `generate_image.py`. This script does the same, with
 generates the two grader-style prompts and saves their images. Every problem that would cost points is printed
 as one line naming the file; the exit status is 1 if there is any. With --zip the graded files are packed
 (only when the check passes).
+
+A GALIP run (`--arch galip`, read from the run's run_options.json unless given) is graded with GALIP's module as
+`network.py`: the check then also runs the course's own `generate_image.py` (t2i/course_harness) beside
+network_galip.py copied as network.py, on the checkpoint folder, and requires its result_64/128/256.png at
+those sizes; the zip then also holds that `network.py`.
 """
 from __future__ import annotations
 
@@ -15,16 +20,18 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from PIL import Image
 
-from t2i import clip_utils, plots
-from t2i.checkpoints import (HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator, build_generator,
-                             clean_epoch_advice, describe_mismatch, discriminator_file, generator_file,
-                             read_run_record)
+from t2i import clip_utils, harness, plots
+from t2i.checkpoints import (ARCH_MODULES, HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator,
+                             build_generator, clean_epoch_advice, describe_mismatch, discriminator_file,
+                             generator_file, network_module, read_run_record, run_arch)
 from t2i.datasets import clip_mismatch
 from t2i.devices import resolve_device
 from t2i.errors import T2IError, one_line_errors
@@ -51,6 +58,7 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)      # the graded files that exist, in packing order
     images: list[str] = field(default_factory=list)
+    network_py: str | None = None                       # a model module to pack as network.py (GALIP's)
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(f"{path}: {reason}")
@@ -70,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_images", type=int, default=4, help="images per prompt (the grid shows them all)")
     parser.add_argument("--zip", default=None, help="pack the graded files into this zip when the check passes")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--arch", default=None, choices=sorted(ARCH_MODULES),
+                        help="the model the run trained (default: its run_options.json's, else stackgan); galip "
+                             "packs network_galip.py as network.py and runs the course's generate_image.py on it")
     return parser
 
 
@@ -203,10 +214,11 @@ def check(args: argparse.Namespace) -> CheckResult:
         if not os.path.isfile(gen_path):
             result.problem(gen_path, "missing")
         return result
+    arch = args.arch or run_arch(args.checkpoint_path)
     # Built exactly as the graders build them: positional arguments from hyperparameter.pt.
-    generator = build_generator(hyp, device)
-    discriminators = [build_discriminator(hyp, stage, device) for stage in range(hyp["num_stage"])]
-    print(f"Checking epoch {args.epoch} in {args.checkpoint_path} ({hyp['num_stage']} stages, "
+    generator = build_generator(hyp, device, arch)
+    discriminators = [build_discriminator(hyp, stage, device, arch) for stage in range(hyp["num_stage"])]
+    print(f"Checking epoch {args.epoch} in {args.checkpoint_path} ({arch}, {hyp['num_stage']} stages, "
           f"Ng {hyp['g_in_chans']}, Nd {hyp['d_in_chans']}, CLIP {hyp['clip_embedding_dim']}-d)")
     num_stage = hyp["num_stage"]
     generator_ok = load_strictly(generator, generator_file(args.checkpoint_path, args.epoch), "Generator", result,
@@ -230,15 +242,49 @@ def check(args: argparse.Namespace) -> CheckResult:
     if generator_ok:
         generator.to(device).eval()  # the graders' load_checkpoint puts the models in eval mode
         generate_prompts(generator, hyp, args, device, result)
+    if arch != "stackgan" and generator_ok and not result.problems:
+        result.network_py = network_module(arch).__file__
+        run_course_generate_image(result.network_py, args, result)
     return result
+
+
+def run_course_generate_image(network_py: str, args: argparse.Namespace, result: CheckResult) -> None:
+    """The graders' path for a model other than the course's: their plain generate_image.py (our re-creation,
+    t2i/course_harness) beside `network_py` copied as network.py, on the checkpoint folder. Its three PNGs go to
+    <out_dir>/course_generate_image/; a failure or a missing or mis-sized image is a problem."""
+    folder = os.path.join(args.out_dir, "course_generate_image")
+    with tempfile.TemporaryDirectory() as workdir:
+        harness.prepare_workdir(workdir, network_py, os.path.join(harness.REPO_ROOT, "train.py"))
+        standin = args.clip_model if os.path.isfile(args.clip_model) else None  # else clip.load("ViT-B/32")
+        argv = ["--prompt", GRADER_PROMPTS[0], "--load_epoch", str(args.epoch),
+                "--checkpoint_path", os.path.abspath(args.checkpoint_path)]
+        done = harness.run_course_script(workdir, "generate_image.py", argv, clip_standin=standin)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            result.problem(network_py, f"the course's generate_image.py fails with it as network.py: {last}")
+            return
+        os.makedirs(folder, exist_ok=True)
+        for size in (64, 128, 256):
+            name = f"result_{size}.png"
+            if not os.path.isfile(os.path.join(workdir, name)):
+                result.problem(network_py, f"the course's generate_image.py wrote no {name}")
+                return
+            with Image.open(os.path.join(workdir, name)) as image:
+                if image.size != (size, size):
+                    result.problem(network_py, f"the course's generate_image.py wrote {name} at {image.size}")
+                    return
+                image.save(os.path.join(folder, name))
+    result.images.append(f"{folder}/result_{{64,128,256}}.png: the course's generate_image.py with "
+                         f"{os.path.basename(network_py)} as network.py: {GRADER_PROMPTS[0]}")
 
 
 def parameter_count(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def pack(paths: list[str], zip_path: str) -> None:
-    """The graded files, flat, in a zip (written atomically, so a failed pack leaves nothing)."""
+def pack(paths: list[str], zip_path: str, network_py: str | None = None) -> None:
+    """The graded files, flat, in a zip (written atomically, so a failed pack leaves nothing); `network_py`, when
+    given, goes in as network.py."""
     folder = os.path.dirname(os.path.abspath(zip_path))
     make_folder(folder, "--zip")
     remove_stale_temp_files(folder, lambda name: name == os.path.basename(zip_path))
@@ -248,6 +294,8 @@ def pack(paths: list[str], zip_path: str) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
             for path in paths:
                 archive.write(path, arcname=os.path.basename(path))
+            if network_py is not None:
+                archive.write(network_py, arcname="network.py")
 
     atomic_write(zip_path, write)
 
@@ -274,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" (nothing packed into {args.zip})" if args.zip else ""), file=sys.stderr)
             return 1
         if args.zip:
-            pack(result.files, args.zip)
-            print(f"Packed {len(result.files)} files into {args.zip} ({human_size(os.path.getsize(args.zip))})")
+            pack(result.files, args.zip, result.network_py)
+            count = len(result.files) + (result.network_py is not None)
+            print(f"Packed {count} files into {args.zip} ({human_size(os.path.getsize(args.zip))})")
     print(f"OK: epoch {args.epoch} in {args.checkpoint_path} loads exactly as the graders load it")
     return 0
 

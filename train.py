@@ -13,6 +13,9 @@ skeleton gives had to change, a comment says why. The changes that make a step c
 generator forward per iteration, the discriminators' step on detached fakes (no backward through G, no
 retain_graph), each discriminator's trunk run once per image batch and shared by its heads, and frozen
 discriminators in the generator's step.
+
+`--arch galip` (or network.py being network_galip.py, under the course's main.py too) trains GALIP instead, the
+guideline's Problem 5: `train` hands the run to `train_galip.train` (its step, losses and optimizers).
 """
 from __future__ import annotations
 
@@ -25,12 +28,13 @@ import torch.nn as nn
 from torch.nn import BCEWithLogitsLoss
 from torch.optim import Adam
 
+import train_galip
 from dataloader import get_dataloader
 from network import Discriminator, Generator, weight_init
 from read_dataset import ZipDataset
 from t2i import clip_utils, distributed, options
 from t2i.datasets import check_train_dataset, check_training_clips
-from t2i.errors import one_line_errors
+from t2i.errors import T2IError, one_line_errors
 from t2i.evaluation import make_training_evaluator, summary_line, write_report
 from t2i.image_ops import clip_view
 from t2i.resume import check_output_folder, find_resume_point
@@ -219,9 +223,16 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
 def train(args: Namespace) -> None:
     # One process, or one of those torchrun started (several GPUs or machines): t2i/distributed.py.
     with one_line_errors(), distributed.launched() as processes:
-        args = options.complete(args)  # the course's main.py passes only its own flags
+        # The course's main.py passes only its own flags; --arch defaults to the arch of network.py's classes.
+        network_arch = getattr(Generator, "ARCH", "stackgan")
+        args = options.complete(args, network_arch)
         options.validate(args)
         device = processes.device(args.device)
+        if args.arch != network_arch == "galip":
+            raise T2IError(f"--arch {args.arch}: network.py is GALIP's module (network_galip.py); use --arch galip, "
+                           f"or StackGAN's network.py")
+        if args.arch == "galip":  # Problem 5, another paper's model: its own step and optimizers (train_galip.py)
+            return train_galip.train(args, device, processes.main)
         clip_embedding_dim = args.clip_embedding_dim  # Dimension of c_txt, default: 512 (CLIP ViT-B/32)
         projection_dim = args.projection_dim  # Dimension of \hat{c_txt} extracted from CANet, default: 128
         noise_dim = args.noise_dim  # Dimension of noise z ~ N(0, 1), default: 100

@@ -5,6 +5,13 @@ straightforward completion of the skeleton, on synthetic batches, on the same ma
     python -m benchmarks.train_step --impl ours --batch_size 24 --iters 3
     python -m benchmarks.train_step --amp                    # fp16 + GradScaler on CUDA (bf16 on a CPU with bf16)
     python -m benchmarks.train_step --impl ours --breakdown --profile   # where the FLOPs and the time go
+    python -m benchmarks.train_step --arch galip             # GALIP's step (train_galip.py) beside the course's
+
+With `--arch galip` the implementations are "course" (below) and "galip": `train_galip.train_step` with the models,
+optimizers and run `--arch galip` trains with (Ng 256 unless --g_in_chans says otherwise; D on the CLIP's
+768-wide tokens). For each implementation the report adds an estimate of a T4 epoch (--epoch_images, 24000: the
+training split with its captions' images) from the FLOP count at an assumed sustained fp16 rate (--t4_tflops);
+a GPU measurement replaces it when there is one.
 
 Each implementation runs in its own subprocess (this script re-invokes itself), so its peak RSS is its own.
 The ViT-B/32-sized CLIP with random weights is written once by the parent into a temporary folder
@@ -17,7 +24,8 @@ iterations, then `--iters` timed ones. Ours runs the untimed and timed iteration
 the first and last iterations, so give `--warmup 1`); each iteration is timed at its boundaries, after a CUDA
 synchronize. (min / median / mean reported; the machine may be shared, so look at the
 minimum and the median; the process CPU time per iteration, also reported, suffers less from a shared
-machine, and with N threads is up to N times the wall time). Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the child, reported once
+machine, and with N threads is up to N times the wall time). Peak RSS is
+`resource.getrusage(RUSAGE_SELF).ru_maxrss` of the child, reported once
 after setup (models, optimizers, CLIP) and once at the end; on CUDA also `torch.cuda.max_memory_allocated`
 and `max_memory_reserved` of the training iterations.
 
@@ -53,6 +61,7 @@ import torch.nn as nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CLIP_DIM, PROJECTION_DIM, NOISE_DIM, LEARNING_RATE = 512, 128, 100, 2e-4
+G_IN_CHANS = {"course": 1024, "ours": 1024, "galip": 256}  # --g_in_chans when not given
 GAMMA, LAM, BETA, TAU = 5.0, 10.0, 1.0, 0.5  # the guideline's loss weights
 
 
@@ -190,10 +199,12 @@ def build(opts: Namespace, device: torch.device) -> Iterate:
     from t2i import clip_utils
 
     clip_model = None
-    if opts.use_contrastive_loss:
+    if opts.use_contrastive_loss or opts.impl == "galip":  # GALIP's D reads CLIP in every step
         clip_model = clip_utils.load_clip(opts.clip_path, device)
     if opts.impl == "course":
         return course_iterate(CourseTrainer(opts, device, clip_model).step, device)
+    if opts.impl == "galip":
+        return galip_iterate(opts, device, clip_model)
     return ours_iterate(opts, device, clip_model)
 
 
@@ -230,6 +241,24 @@ class TimedBatches:
             yield batch
             synchronize(self.device)
             self.times.append((time.perf_counter() - started, time.process_time() - cpu_started))
+
+
+def galip_iterate(opts: Namespace, device: torch.device, clip_model: nn.Module) -> Iterate:
+    """train_galip.train_step, with the models, optimizers and run --arch galip builds."""
+    import train_galip
+    from t2i import options
+
+    args = options.complete(Namespace(
+        arch="galip", amp=opts.amp, num_stage=opts.num_stage, g_in_chans=opts.g_in_chans,
+        clip_embedding_dim=CLIP_DIM, projection_dim=PROJECTION_DIM, noise_dim=NOISE_DIM, learning_rate=LEARNING_RATE))
+    G, D_lst, optim_g, optim_d_lst, run = train_galip.build_training(args, device, clip_model)
+
+    def iterate(batches: list[Batch]) -> list[tuple[float, float]]:
+        loader = TimedBatches(batches, device)
+        train_galip.train_step(loader, NOISE_DIM, device, G, D_lst, optim_g, optim_d_lst, clip_model, opts.num_stage,
+                               10 ** 9, run)
+        return loader.times
+    return iterate
 
 
 def ours_iterate(opts: Namespace, device: torch.device, clip_model: nn.Module | None) -> Iterate:
@@ -327,7 +356,9 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_stage", type=int, default=3)
-    p.add_argument("--g_in_chans", type=int, default=1024, help="Ng")
+    p.add_argument("--arch", choices=["stackgan", "galip"], default="stackgan",
+                   help="galip: measure train_galip's step (impl galip) beside the course's")
+    p.add_argument("--g_in_chans", type=int, default=None, help="Ng (default: 1024; galip: 256)")
     p.add_argument("--d_in_chans", type=int, default=64, help="Nd")
     p.add_argument("--clip", default="vit-b-32", help="make_random_clip preset (vit-b-32, tiny)")
     p.add_argument("--no_uncond", dest="use_uncond_loss", action="store_false",
@@ -341,7 +372,11 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="mixed precision: fp16 autocast + GradScaler on CUDA; bf16 autocast on a CPU with bf16 "
                         "instructions, refused on a CPU without them (as main.py --amp)")
-    p.add_argument("--impl", choices=["ours", "course", "both"], default="both")
+    p.add_argument("--impl", choices=["ours", "course", "galip", "both"], default="both",
+                   help="both: course and ours (--arch galip: course and galip)")
+    p.add_argument("--epoch_images", type=int, default=24000, help="images per epoch, for the T4 estimate")
+    p.add_argument("--t4_tflops", type=float, default=20.0,
+                   help="assumed sustained fp16 TFLOP/s of a T4 for the epoch estimate (its peak is 65)")
     p.add_argument("--breakdown", action="store_true", help="print FLOPs per module (FlopCounterMode)")
     p.add_argument("--breakdown_depth", type=int, default=0, help="also per module, to this depth")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of one extra iteration")
@@ -358,7 +393,8 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 def child_argv(opts: Namespace, impl: str, clip_path: str | None, out_path: str) -> list[str]:
     argv = [sys.executable, "-m", "benchmarks.train_step", "--impl", impl, "--child_out", out_path,
             "--batch_size", str(opts.batch_size), "--num_stage", str(opts.num_stage),
-            "--g_in_chans", str(opts.g_in_chans), "--d_in_chans", str(opts.d_in_chans), "--clip", opts.clip,
+            "--g_in_chans", str(opts.g_in_chans or G_IN_CHANS[impl]), "--d_in_chans", str(opts.d_in_chans),
+            "--clip", opts.clip,
             "--iters", str(opts.iters), "--warmup", str(opts.warmup), "--device", opts.device,
             "--amp" if opts.amp else "--no-amp", "--breakdown_depth", str(opts.breakdown_depth),
             "--profile_rows", str(opts.profile_rows), "--threads", str(opts.threads)]
@@ -376,9 +412,12 @@ def gb(n: float) -> str:
 
 def report(opts: Namespace, results: list[dict]) -> None:
     amp = ("fp16+GradScaler" if opts.device.startswith("cuda") else "bf16") if opts.amp else "off"
-    print(f"\nconfig: batch {opts.batch_size}, {opts.num_stage} stages, Ng {opts.g_in_chans}, Nd {opts.d_in_chans}, "
+    widths = ", ".join(f"Ng {opts.g_in_chans or G_IN_CHANS[r['impl']]} ({r['impl']})" for r in results)
+    print(f"\nconfig: batch {opts.batch_size}, {opts.num_stage} stages, {widths}, Nd {opts.d_in_chans} "
+          f"(galip: the CLIP's token width), "
           f"CLIP {opts.clip if opts.use_contrastive_loss else 'none'} (random weights), "
-          f"uncond {'on' if opts.use_uncond_loss else 'off'}, contrastive {'on' if opts.use_contrastive_loss else 'off'}, "
+          f"uncond {'on' if opts.use_uncond_loss else 'off'}, "
+          f"contrastive {'on' if opts.use_contrastive_loss else 'off'}, "
           f"device {opts.device}, AMP {amp}, torch {torch.__version__}, {results[0]['threads']} threads, "
           f"{opts.iters} timed iterations")
     cuda = "cuda_peak_allocated" in results[0]
@@ -399,14 +438,22 @@ def report(opts: Namespace, results: list[dict]) -> None:
               f"{[round(x, 2) for x in r['cpu_times']]}; "
               f"FLOP-counted iteration {r['flop_iteration_s']:.2f} s")
         if r.get("breakdown"):
-            print(f"  {r['impl']} GFLOP by aten op" + (f" and module (depth {opts.breakdown_depth})" if opts.breakdown_depth else "") + ":")
+            by_module = f" and module (depth {opts.breakdown_depth})" if opts.breakdown_depth else ""
+            print(f"  {r['impl']} GFLOP by aten op{by_module}:")
             for name, value in sorted(r["breakdown"].items(), key=lambda kv: -kv[1]):
                 if value:
                     print(f"    {value / 1e9:>9.1f}  {name}")
+    iterations = -(-opts.epoch_images // opts.batch_size)
+    for r in results:
+        minutes = r["flops"] * iterations / (opts.t4_tflops * 1e12) / 60
+        print(f"  {r['impl']}: T4 epoch estimate ({opts.epoch_images} images, {iterations} iterations at "
+              f"{opts.t4_tflops:g} TFLOP/s sustained fp16, from the FLOP count): {minutes:.1f} min")
     by_impl = {r["impl"]: r for r in results}
-    if "ours" in by_impl and "course" in by_impl:
-        o, c = by_impl["ours"], by_impl["course"]
-        line = (f"ours/course: FLOPs {o['flops'] / c['flops']:.3f}, s/it {min(o['times']) / min(c['times']):.3f} "
+    other = "galip" if "galip" in by_impl else "ours"
+    if other in by_impl and "course" in by_impl:
+        o, c = by_impl[other], by_impl["course"]
+        print(f"{other}/course:", end=" ")
+        line = (f"FLOPs {o['flops'] / c['flops']:.3f}, s/it {min(o['times']) / min(c['times']):.3f} "
                 f"(min) {statistics.median(o['times']) / statistics.median(c['times']):.3f} (median), "
                 f"CPU s/it {statistics.median(o['cpu_times']) / statistics.median(c['cpu_times']):.3f} (median), "
                 f"peak RSS {o['peak_rss'] / c['peak_rss']:.3f}")
@@ -431,10 +478,11 @@ def main(argv: list[str] | None = None) -> None:
 
         with one_line_errors():
             precision_for(torch.device("cpu"), True)
-    impls = ["course", "ours"] if opts.impl == "both" else [opts.impl]
+    galip = "galip" if opts.arch == "galip" else "ours"
+    impls = ["course", galip] if opts.impl == "both" else [opts.impl]
     with tempfile.TemporaryDirectory(prefix="train_step_bench_") as tmp:
         clip_path = None
-        if opts.use_contrastive_loss:
+        if opts.use_contrastive_loss or "galip" in impls:
             from t2i import clip_utils
             clip_path = clip_utils.make_random_clip(os.path.join(tmp, f"clip_{opts.clip}.pt"), opts.clip, CLIP_DIM)
         results = []

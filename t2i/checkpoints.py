@@ -15,18 +15,19 @@ old epochs, stale temporary files are removed, and `--overwrite` moves another r
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 import random
 import re
 import shutil
 import time
+from types import ModuleType
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from network import Discriminator, Generator
 from t2i.errors import T2IError
 from t2i.files import (make_folder, move_file, nonfinite_tensors, read_torch_file, remove_file,
                        remove_stale_temp_files, write_error)
@@ -157,16 +158,34 @@ def read_run_record(checkpoint_path: str) -> dict | None:
         raise T2IError(f"{path}: unreadable ({type(err).__name__}); delete it to skip the checks it allows") from None
 
 
-def build_generator(hyp: dict, device: torch.device | str) -> Generator:
-    """The generator exactly as the graders build it from hyperparameter.pt."""
-    return Generator(hyp["clip_embedding_dim"], hyp["projection_dim"], hyp["noise_dim"], hyp["g_in_chans"],
-                     hyp["g_out_chans"], hyp["num_stage"], device)
+# The module each --arch's checkpoints load into: the one submitted as network.py.
+ARCH_MODULES = {"stackgan": "network", "galip": "network_galip"}
 
 
-def build_discriminator(hyp: dict, stage: int, device: torch.device | str) -> Discriminator:
+def network_module(arch: str) -> ModuleType:
+    """The models' module of an architecture (--arch)."""
+    if arch not in ARCH_MODULES:
+        raise T2IError(f"--arch {arch}: one of {sorted(ARCH_MODULES)}")
+    return importlib.import_module(ARCH_MODULES[arch])
+
+
+def run_arch(checkpoint_path: str) -> str:
+    """The architecture a checkpoint folder was trained as (run_options.json's --arch); stackgan for a folder
+    without that record (the course's code, or a version before --arch)."""
+    record = read_run_record(checkpoint_path)
+    return ((record or {}).get("options") or {}).get("arch", "stackgan")
+
+
+def build_generator(hyp: dict, device: torch.device | str, arch: str = "stackgan") -> nn.Module:
+    """The generator exactly as the graders build it from hyperparameter.pt (with `arch`'s network.py)."""
+    return network_module(arch).Generator(hyp["clip_embedding_dim"], hyp["projection_dim"], hyp["noise_dim"],
+                                          hyp["g_in_chans"], hyp["g_out_chans"], hyp["num_stage"], device)
+
+
+def build_discriminator(hyp: dict, stage: int, device: torch.device | str, arch: str = "stackgan") -> nn.Module:
     """Stage `stage`'s discriminator exactly as the graders build it from hyperparameter.pt."""
-    return Discriminator(hyp["projection_dim"], hyp["g_out_chans"], hyp["d_in_chans"], hyp["d_out_chans"],
-                         hyp["clip_embedding_dim"], stage, device)
+    return network_module(arch).Discriminator(hyp["projection_dim"], hyp["g_out_chans"], hyp["d_in_chans"],
+                                              hyp["d_out_chans"], hyp["clip_embedding_dim"], stage, device)
 
 
 def describe_mismatch(model: nn.Module, state: dict) -> str:
@@ -248,10 +267,10 @@ def load_weights(G: nn.Module, D_list: list[nn.Module], checkpoint_path: str, ep
         load_state_file(D, discriminator_file(checkpoint_path, epoch, stage), num_stage)
 
 
-def load_generator(checkpoint_path: str, epoch: int, device: torch.device | str = "cpu") -> tuple[Generator, dict]:
+def load_generator(checkpoint_path: str, epoch: int, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the generator from hyperparameter.pt, load epoch `epoch` strictly, return it in eval mode."""
     hyp = read_hyperparameters(checkpoint_path)
-    generator = build_generator(hyp, "cpu")
+    generator = build_generator(hyp, "cpu", run_arch(checkpoint_path))
     path = generator_file(checkpoint_path, epoch)
     if not os.path.isfile(path):
         available = complete_epochs(checkpoint_path, hyp["num_stage"])

@@ -29,7 +29,8 @@ class GeneratorEMA:
         # A short warm-up, so that the average is not dominated by the random initialisation in short runs.
         decay = min(self.decay, (1 + num_updates) / (10 + num_updates))
         torch._foreach_lerp_(self._ema_params, [p.detach() for p in generator.parameters()], 1 - decay)
-        torch._foreach_copy_(self._ema_buffers, list(generator.buffers()))
+        if self._ema_buffers:  # GALIP's generator has no BatchNorm, so no buffers
+            torch._foreach_copy_(self._ema_buffers, list(generator.buffers()))
 
 
 @torch.no_grad()
@@ -38,6 +39,9 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
     (each the positional arguments of one forward call), of the batch statistics `model` itself computes in
     train mode: what training mode would normalise with. `model` is left in eval mode."""
     norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    if not norms:  # nothing to measure (GALIP's generator): no forward passes
+        model.eval()
+        return
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()

@@ -5,8 +5,8 @@ bit-exact port of the TF-Inception graph the papers used): its feature extractor
 its metric functions on the extracted features. Only the batching loop is ours, and FID's cross term
 tr(sqrtm(sigma_1 sigma_2)), computed from symmetric eigenvalue problems (the same value, seconds sooner).
 Features are computed once per image set and returned, so a caller that scores a generator again and again
-(training every K epochs) extracts the real images' features once. `tests/test_evaluate.py` checks that the figures equal those of
-`torch_fidelity.calculate_metrics` on the same image folders.
+(training every K epochs) extracts the real images' features once. `tests/test_evaluate.py` checks that the
+figures equal those of `torch_fidelity.calculate_metrics` on the same image folders.
 
 Images enter as uint8 [N, 3, H, W] tensors (or any object whose slices are such tensors, so a dataset's images
 need not be copied at once), the values a PNG on disk would hold, which is what torch-fidelity measures;

@@ -65,8 +65,14 @@ OPTIONS: tuple[Option, ...] = (
            COURSE, REPORT),
     Option("resume_checkpoint_path", None, "checkpoint folder to resume from", COURSE, IGNORE, str),
 
-    Option("g_in_chans", 1024, "Ng, generator width", MODEL, MUST_MATCH, int),
-    Option("d_in_chans", 64, "Nd, discriminator width", MODEL, MUST_MATCH, int),
+    Option("arch", "stackgan", "the model: stackgan (the course's StackGAN++, network.py) or galip (GALIP, "
+           "network_galip.py: frozen-CLIP discriminator, DF-GAN generator; its defaults: --g_in_chans 256 "
+           "--d_in_chans 768 --g_lr 1e-4 --d_lr 4e-4). Default: the arch of network.py's classes", MODEL, MUST_MATCH,
+           str, ("stackgan", "galip")),
+    Option("g_in_chans", 1024, "Ng, generator width (galip: 8 x ngf, the width of its 8x8 block)", MODEL, MUST_MATCH,
+           int),
+    Option("d_in_chans", 64, "Nd, discriminator width (galip: the CLIP image encoder's token width)", MODEL,
+           MUST_MATCH, int),
     Option("clip_model", "ViT-B/32", "CLIP name, or a local CLIP file: a state dict, or OpenAI's TorchScript "
            "download (read with torch.jit.load, which loads the code inside: give only OpenAI's files); must be the "
            "CLIP that made the data", MODEL, REPORT, str),
@@ -123,6 +129,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "guideline": {},
     "fast": {"lam": 0.0, "beta": 0.1, "detach_condition": True},
 }
+# Each architecture's own values for the options not given (applied after the recipe). GALIP's learning rates and
+# widths are the paper's (ngf 32: DF-GAN's CUB width); its Adam betas (0, 0.9) are fixed in train_galip.py.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "stackgan": {},
+    "galip": {"g_in_chans": 256, "d_in_chans": 768, "g_lr": 1e-4, "d_lr": 4e-4},
+}
 EXPLICIT = "explicit_options"  # the Namespace attribute listing the options given on the command line
 
 
@@ -155,11 +167,15 @@ def parse(argv: list[str] | None, description: str) -> argparse.Namespace:
     return args
 
 
-def complete(args: argparse.Namespace) -> argparse.Namespace:
+def complete(args: argparse.Namespace, network_arch: str | None = None) -> argparse.Namespace:
     """A copy of `args` with every option: missing ones (the course's main.py gives only its flags) at their
-    default or at the recipe's value. Options given explicitly always win."""
+    default, the recipe's value or the architecture's (`ARCH_DEFAULTS`). Options given explicitly always win.
+    `network_arch`: the architecture of the network.py in use, the default of --arch (the course's main.py cannot
+    pass --arch, so GALIP's module submitted as network.py trains as GALIP)."""
     completed = copy.copy(args)
     explicit = set(getattr(args, EXPLICIT, vars(args)))
+    if network_arch is not None and "arch" not in explicit:
+        completed.arch = network_arch
     recipe = getattr(args, "recipe", BY_NAME["recipe"].default)
     if recipe not in RECIPES:
         raise T2IError(f"--recipe {recipe}: one of {sorted(RECIPES)}")
@@ -168,6 +184,11 @@ def complete(args: argparse.Namespace) -> argparse.Namespace:
             setattr(completed, option.name, option.default)
         if option.name in RECIPES[recipe] and option.name not in explicit:
             setattr(completed, option.name, RECIPES[recipe][option.name])
+    if completed.arch not in ARCH_DEFAULTS:
+        raise T2IError(f"--arch {completed.arch}: one of {sorted(ARCH_DEFAULTS)}")
+    for name, value in ARCH_DEFAULTS[completed.arch].items():
+        if name not in explicit:
+            setattr(completed, name, value)
     setattr(completed, EXPLICIT, sorted(explicit))
     return completed
 
@@ -217,8 +238,10 @@ def validate(args: argparse.Namespace) -> None:
         raise T2IError(f"--ema_decay {args.ema_decay}: must be between 0 and 1")
     if args.num_stage not in (1, 2, 3):
         raise T2IError(f"--num_stage {args.num_stage}: must be 1, 2 or 3 (64, 128 or 256 px)")
-    multiple = 16 * 2 ** (args.num_stage - 1)
-    if args.g_in_chans % multiple:
+    if args.arch == "galip":
+        if args.g_in_chans % 8:
+            raise T2IError(f"--g_in_chans {args.g_in_chans}: must be a multiple of 8 with --arch galip (8 x ngf)")
+    elif args.g_in_chans % (multiple := 16 * 2 ** (args.num_stage - 1)):
         raise T2IError(f"--g_in_chans {args.g_in_chans}: must be a multiple of {multiple} for {args.num_stage} "
                        f"stages (each stage halves the width, from Ng/16 at 64 px)")
     try:
