@@ -8,7 +8,7 @@ import torch
 
 import main as train_main
 from benchmarks import conditional
-from t2i import checkpoints
+from t2i import attribute_score, checkpoints, clip_training, held_out
 from t2i.checkpoints import discriminator_file, generator_file
 from t2i.generation import encode_prompt, generate
 
@@ -35,22 +35,22 @@ class RenderingGenerator(torch.nn.Module):
         images = []
         for feature in text_embedding:
             if self.lookup is None:
-                attributes = {name: conditional.VALUES[name][rng.integers(len(conditional.VALUES[name]))]
-                              for name in conditional.ATTRIBUTES}
+                attributes = {name: held_out.VALUES[name][rng.integers(len(held_out.VALUES[name]))]
+                              for name in held_out.ATTRIBUTES}
             else:
                 features, targets = self.lookup
                 attributes = targets[int((features @ feature).argmax())]
-            images.append(image_tensor(conditional.render_varied(attributes, rng, size=64)))
+            images.append(image_tensor(held_out.render_varied(attributes, rng, size=64)))
         return [torch.stack(images)], None, None
 
 
 @pytest.fixture(scope="module")
-def held_out(tiny_clip_path):
+def held_out_prompts(tiny_clip_path):
     """Captions of 30 held-out combinations, their attributes, and their tiny-CLIP text features."""
     from t2i import clip_utils
 
-    _, test_combos = conditional.split_combinations(30, seed=0)
-    captions, targets = conditional.held_out_captions(test_combos, per_combo=2, seed=0)
+    _, test_combos = held_out.split_combinations(30, seed=0)
+    captions, targets = held_out.held_out_captions(test_combos, per_combo=2, seed=0)
     clip_model = clip_utils.load_clip(tiny_clip_path, "cpu")
     features = torch.cat([encode_prompt(clip_model, caption, torch.device("cpu")) for caption in captions])
     return captions, targets, features
@@ -58,42 +58,45 @@ def held_out(tiny_clip_path):
 
 def test_evaluator_reads_ground_truth_images():
     rng = np.random.default_rng(0)
-    combos = conditional.all_combinations()
-    images = torch.stack([image_tensor(conditional.render_varied(c, rng).resize((64, 64), PIL.Image.LANCZOS))
+    combos = held_out.all_combinations()
+    images = torch.stack([image_tensor(held_out.render_varied(c, rng).resize((64, 64), PIL.Image.LANCZOS))
                           for c in combos])
-    scores = conditional.score_images(conditional.to_uint8(images), combos)
+    scores = attribute_score.score_images(attribute_score.to_uint8(images), combos)
     assert scores["overall"] == 1.0 and scores["all_four"] == 1.0
 
 
 def test_held_out_combinations_never_appear_in_training(tmp_path):
-    train_combos, test_combos = conditional.split_combinations(30, seed=0)
+    train_combos, test_combos = held_out.split_combinations(30, seed=0)
     assert len(test_combos) == 30 and len(train_combos) == 120
-    raw = conditional.write_raw(str(tmp_path), train_combos, test_combos, images_per_combo=1,
+    raw = held_out.write_raw(str(tmp_path), train_combos, test_combos, images_per_combo=1,
                                 test_images_per_combo=1, seed=0, size=64)
-    held = {conditional.combination_key(c) for c in test_combos}
-    assert not any(conditional.combination_key(raw["attributes"][i]) in held for i in raw["splits"]["train"])
-    assert all(conditional.combination_key(raw["attributes"][i]) in held for i in raw["splits"]["test"])
-    for name in conditional.ATTRIBUTES:  # every value is still taught
-        assert {c[name] for c in train_combos} == set(conditional.VALUES[name])
+    held = {held_out.combination_key(c) for c in test_combos}
+    assert not any(held_out.combination_key(raw["attributes"][i]) in held for i in raw["splits"]["train"])
+    assert all(held_out.combination_key(raw["attributes"][i]) in held for i in raw["splits"]["test"])
+    for name in held_out.ATTRIBUTES:  # every value is still taught
+        assert {c[name] for c in train_combos} == set(held_out.VALUES[name])
 
 
-def test_text_following_generator_scores_perfectly_and_shuffled_text_scores_near_chance(held_out):
-    _, targets, features = held_out
+def test_text_following_generator_scores_perfectly_and_shuffled_text_scores_near_chance(held_out_prompts):
+    _, targets, features = held_out_prompts
     oracle = RenderingGenerator((features, targets))
-    figures = conditional.evaluate_generator(oracle, features, targets, 100, 3, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    # evaluate_generator gives one figures dict a stage: these generators have one.
+    figures = attribute_score.evaluate_generator(oracle, features, targets, 100, 3, cpu)[-1]
     assert figures["overall"] == 1.0
     assert figures["diversity"] > 5  # the nuisance detail varies with the noise
     shuffled = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))]
-    figures = conditional.evaluate_generator(oracle, shuffled, targets, 100, 3, torch.device("cpu"))
-    assert abs(figures["overall"] - conditional.CHANCE["overall"]) < 0.12
+    figures = attribute_score.evaluate_generator(oracle, shuffled, targets, 100, 3, cpu)[-1]
+    assert abs(figures["overall"] - attribute_score.CHANCE["overall"]) < 0.12
 
 
-def test_text_ignoring_generator_scores_near_chance(held_out):
-    _, targets, features = held_out
-    figures = conditional.evaluate_generator(RenderingGenerator(), features, targets, 100, 4, torch.device("cpu"))
-    for name in conditional.ATTRIBUTES:
-        assert abs(figures[name] - conditional.CHANCE[name]) < 0.15
-    assert abs(figures["overall"] - conditional.CHANCE["overall"]) < 0.08
+def test_text_ignoring_generator_scores_near_chance(held_out_prompts):
+    _, targets, features = held_out_prompts
+    figures = attribute_score.evaluate_generator(RenderingGenerator(), features, targets, 100, 4,
+                                                 torch.device("cpu"))[-1]  # one figures dict a stage
+    for name in held_out.ATTRIBUTES:
+        assert abs(figures[name] - attribute_score.CHANCE[name]) < 0.15
+    assert abs(figures["overall"] - attribute_score.CHANCE["overall"]) < 0.08
 
 
 @pytest.mark.parametrize("flags", [
@@ -141,19 +144,19 @@ def test_benchmark_clip_training_lowers_the_loss_and_saves_a_loadable_clip(tmp_p
     from t2i import synthetic as synthetic_data
 
     rng = np.random.default_rng(0)
-    combos = conditional.all_combinations()[::19][:8]
-    images = torch.stack([torch.from_numpy(np.array(conditional.render_varied(c, rng, size=64))).permute(2, 0, 1)
+    combos = held_out.all_combinations()[::19][:8]
+    images = torch.stack([torch.from_numpy(np.array(held_out.render_varied(c, rng, size=64))).permute(2, 0, 1)
                           for c in combos])
     captions = [[synthetic_data.describe(c, rng) for _ in range(3)] for c in combos]
-    model, losses = conditional.clip_training.train_clip(images, captions, list(range(8)), steps=40, batch_size=8,
+    model, losses = clip_training.train_clip(images, captions, list(range(8)), steps=40, batch_size=8,
                                                          lr=2e-3)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
-    accuracy = conditional.clip_training.retrieval_accuracy(model, images, list(range(8)),
+    accuracy = clip_training.retrieval_accuracy(model, images, list(range(8)),
                                                             [c[0] for c in captions], list(range(8)))
     assert accuracy >= 0.5  # chance is 1/8
 
-    summary = conditional.clip_training.train_and_save(str(tmp_path / "clip.pt"), images, captions, list(range(8)),
-                                                       steps=2)
-    loaded = clip_utils.load_clip(summary["path"], "cpu")  # the path preprocessing and training take
+    path = str(tmp_path / "clip.pt")
+    torch.save(model.state_dict(), path)  # as make_trained_clip saves it
+    loaded = clip_utils.load_clip(path, "cpu")  # the path preprocessing and training take
     tokens = clip_utils.tokenize(captions[0][:1])
     assert loaded.encode_text(tokens).shape == (1, 512)
