@@ -36,7 +36,7 @@ from read_dataset import ZipDataset
 from t2i import clip_utils, options
 from t2i.datasets import check_train_dataset, check_training_clips
 from t2i.errors import T2IError
-from t2i.evaluation import make_training_evaluator, summary_line, write_report
+from t2i.evaluation import make_training_evaluator
 from t2i.resume import check_output_folder, find_resume_point
 from t2i.samples import sample_conditions, save_sample_grid
 from t2i.training_run import TrainingRun, adam_options
@@ -184,10 +184,6 @@ def train(args: Namespace, device: torch.device, is_main: bool) -> None:
             save_model(args, run.saved_generator(), D_lst, epoch, args.num_stage)
             save_sample_grid(run.saved_generator(), *samples, args.noise_dim,
                              os.path.join(args.result_path, f"epoch_{epoch}.png"), device)
-            if evaluator is not None and (epoch + 1) % args.eval_every == 0:
-                report = os.path.join(args.result_path, f"eval_epoch_{epoch}")
-                figures = evaluator(run.saved_generator(), report + ".png")
-                write_report(report + ".json", figures)
-                print(f"Epoch {epoch} evaluation: {summary_line(figures)}")
+            figures = run.evaluate_epoch(evaluator, epoch)
         run.end_epoch(epoch, d_loss, g_loss, end_time - start_time, figures)
     print(run.summary(start_epoch))

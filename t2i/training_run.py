@@ -16,7 +16,7 @@ import json
 import os
 import time
 from argparse import Namespace
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,7 @@ from t2i import batching, checkpoints, distributed, options, plots
 from t2i.augment import diff_augment, parse_policy
 from t2i.ema import GeneratorEMA, recompute_batchnorm
 from t2i.errors import T2IError
+from t2i.evaluation import summary_line, write_report
 from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors, remove_file
 from t2i.loss_log import LossLog
 from t2i.nonfinite import StepGuard, create_optimizer_state
@@ -395,6 +396,17 @@ class TrainingRun:
                 raise T2IError(f"epoch {epoch}: the {name} holds NaN or Inf ({bad[0]}, ...), so the epoch was not "
                                f"saved; training stopped. Last clean checkpoint: {self.last_clean()}. "
                                f"{self.remedies()}")
+
+    def evaluate_epoch(self, evaluator: Callable[[nn.Module, str], dict] | None, epoch: int) -> dict | None:
+        """--eval_every's figures of the saved generator after `epoch` (None when not due): a report (JSON and a
+        grid PNG) in --result_path and one printed line."""
+        if evaluator is None or (epoch + 1) % self.args.eval_every:
+            return None
+        report = os.path.join(self.args.result_path, f"eval_epoch_{epoch}")
+        figures = evaluator(self.saved_generator(), report + ".png")
+        write_report(report + ".json", figures)
+        print(f"Epoch {epoch} evaluation: {summary_line(figures)}")
+        return figures
 
     def end_epoch(self, epoch: int, d_loss: float, g_loss: float, seconds: float, figures: dict | None) -> None:
         """After the epoch's files: its row in the loss log, the loss curve, and the cleanup. Under torchrun the
