@@ -23,15 +23,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from t2i.precision import skips_on_device, step_unless_found_inf
+
 
 def _batchnorm_buffers(models: list[nn.Module]) -> list[torch.Tensor]:
     return [buffer for model in models for module in model.modules()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) for buffer in module.buffers()]
-
-
-def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the optimizer can skip a step on the device (it takes `found_inf`, as fused Adam does)."""
-    return getattr(optimizer, "_step_supports_amp_scaling", False)
 
 
 @torch.no_grad()
@@ -46,9 +43,7 @@ def create_optimizer_state(optimizers: list[torch.optim.Optimizer]) -> None:
             continue
         for p in params:
             p.grad = torch.zeros_like(p)
-        optimizer.found_inf = torch.ones((), device=params[0].device)  # as torch.amp.GradScaler.step hands it
-        optimizer.step()
-        del optimizer.found_inf
+        step_unless_found_inf(optimizer, torch.ones((), device=params[0].device))
         for p in params:
             p.grad = None
 

@@ -62,6 +62,19 @@ def precision_for(device: torch.device, amp: bool | None) -> Precision:
     return Precision(device.type, torch.bfloat16 if amp else None, False)
 
 
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer can skip a step on the device (it takes `found_inf`, as fused Adam does)."""
+    return getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+def step_unless_found_inf(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """One step of an optimizer that `skips_on_device`, skipped on the device when `found_inf` (a float tensor) is
+    1: the way torch.amp.GradScaler.step hands the flag over."""
+    optimizer.found_inf = found_inf
+    optimizer.step()
+    del optimizer.found_inf
+
+
 def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     also_required: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,12 +105,10 @@ def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
         for optimizer in optimizers:
             scaler.step(optimizer)
         scaler.update()
-    elif all(getattr(optimizer, "_step_supports_amp_scaling", False) for optimizer in optimizers):
+    elif all(skips_on_device(optimizer) for optimizer in optimizers):
         found_inf = (~finite).float()
         for optimizer in optimizers:
-            optimizer.found_inf = found_inf  # how GradScaler hands it over (torch.amp.GradScaler.step)
-            optimizer.step()
-            del optimizer.found_inf
+            step_unless_found_inf(optimizer, found_inf)
     elif bool(finite):
         for optimizer in optimizers:
             optimizer.step()
