@@ -113,16 +113,29 @@ def small_clip_path(out_dir: str) -> str:
     return os.path.join(os.path.abspath(out_dir), "data", "small_clip.pt")
 
 
+def train_combinations(sizes: Sizes) -> int:
+    return sizes.train_combos or 150 - HELD_OUT_COMBINATIONS
+
+
+def training_64(sizes: Sizes) -> str:
+    """What the 64 px run trains: '40 epochs of batch 32 (600 steps)'."""
+    steps = sizes.epochs_64 * -(-train_combinations(sizes) * sizes.images_per_combo // sizes.batch_64)
+    return f"{sizes.epochs_64} epochs of batch {sizes.batch_64} ({steps} steps)"
+
+
+def training_3(sizes: Sizes) -> str:
+    """What the 3-stage run trains: '1 epoch(s) of batch 8 (60 steps)'."""
+    steps = sizes.epochs_3 * -(-train_combinations(sizes) * sizes.images_per_combo // sizes.batch_3)
+    return f"{sizes.epochs_3} epoch(s) of batch {sizes.batch_3} ({steps} steps)"
+
+
 def settings_line(sizes: Sizes) -> str:
     """The one line that states what a run trains (printed by the demo, quoted by the README)."""
-    train_combos = sizes.train_combos or 150 - HELD_OUT_COMBINATIONS
-    steps_64 = sizes.epochs_64 * -(-train_combos * sizes.images_per_combo // sizes.batch_64)
-    steps_3 = sizes.epochs_3 * -(-train_combos * sizes.images_per_combo // sizes.batch_3)
+    train_combos = train_combinations(sizes)
     return (f"demo settings: {train_combos * sizes.images_per_combo} training images ({train_combos} attribute "
             f"combinations x {sizes.images_per_combo}), {HELD_OUT_COMBINATIONS} combinations held out; --recipe "
-            f"fast, lr 1e-3, Ng {sizes.g_in_chans}, Nd {sizes.d_in_chans}; 64 px: {sizes.epochs_64} epochs of "
-            f"batch {sizes.batch_64} ({steps_64} steps); 3 stages: {sizes.epochs_3} epoch(s) of batch "
-            f"{sizes.batch_3} ({steps_3} steps); small CLIP (offline): {sizes.clip_steps} steps")
+            f"fast, lr 1e-3, Ng {sizes.g_in_chans}, Nd {sizes.d_in_chans}; 64 px: {training_64(sizes)}; 3 stages: "
+            f"{training_3(sizes)}; small CLIP (offline): {sizes.clip_steps} steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +205,7 @@ def choose_inception(work_dir: str, try_real: bool) -> tuple[str | None, str | N
 
 def stand_in_notes(clip_reason: str | None, inception_reason: str | None, sizes: Sizes) -> list[str]:
     notes = [f"Training: the 64 px stage learns the text; the 128 and 256 px stages are new in the short 3-stage run "
-             f"({settings_line(sizes).split('; 3 stages: ')[1].split(';')[0]}), so they mostly upsample the 64 px "
+             f"({training_3(sizes)}), so they mostly upsample the 64 px "
              f"picture. A GAN trained for minutes on a CPU: judge whether the text controls the picture, not "
              f"image quality."]
     if clip_reason is None:
@@ -288,9 +301,7 @@ def accuracy_line(figures: list[dict]) -> str:
 def save_prompt_sheet(prompts: list[tuple[str, dict]], folders: list[str], sizes: Sizes, path: str) -> None:
     """One picture of what generate_image.py drew for the held-out prompts: a row per prompt, a column per stage,
     titled with what each stage is."""
-    steps = settings_line(sizes)
-    trained_64 = steps.split("64 px: ")[1].split(";")[0]
-    trained_3 = steps.split("3 stages: ")[1].split(";")[0]
+    trained_64, trained_3 = training_64(sizes), training_3(sizes)
     titles = [f"64 px stage\n(trained {trained_64}\n+ the 3-stage run)",
               f"128 px stage: upsampling,\ntrained briefly ({trained_3})",
               f"256 px stage: upsampling,\ntrained briefly ({trained_3})"]
