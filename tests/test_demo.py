@@ -5,9 +5,12 @@ import os
 import zipfile
 
 import pytest
+import torch
 
 import demo
+from network import Generator, weight_init
 from t2i.held_out import combination_key, split_combinations
+from t2i.zip_dataset import ZipDataset
 
 
 def test_quick_demo_runs_end_to_end(demo_quick_run):
@@ -39,6 +42,21 @@ def test_quick_demo_prints_its_settings_accuracy_and_stand_ins(demo_quick_run):
     assert printed.count("held-out attribute accuracy (hair / background / skin / glasses): 64 px ") == 2 * 2
     assert "256 px" in printed.split("graded generator (after the 3-stage run), ")[-1]
     assert "OFFLINE, a stand-in" in printed and "random-weight stand-in" in printed
+
+
+def test_teaching_the_new_stages_to_upsample_lowers_their_error_and_leaves_the_64px_stage(small_train_zip):
+    torch.manual_seed(0)
+    text_dim = ZipDataset(small_train_zip, 1, progress=False).txt_emb.shape[1]
+    generator = Generator(text_dim, 16, 8, 64, 3, 3, "cpu")
+    generator.apply(weight_init)
+    generator.g_layer[0].image_net.image_net[0].weight.data.mul_(50)  # a 64 px stage that draws with contrast
+    kept = {name: value.clone() for name, value in generator.state_dict().items()
+            if not name.startswith(("g_layer.1.", "g_layer.2."))}
+    losses = demo.teach_upsampling(generator, small_train_zip, steps=40, batch_size=4)
+    assert losses["last_loss"] < 0.6 * losses["first_loss"]
+    after = generator.state_dict()
+    changed = [name for name, value in kept.items() if not torch.equal(after[name], value)]
+    assert not changed, f"the 64 px stage or the conditioning augmentation changed: {changed}"
 
 
 def test_stand_ins_are_announced():
