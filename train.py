@@ -308,9 +308,7 @@ def train(args: Namespace) -> None:
 
             # save checkpoint: the resume state first and the generator file last, so an epoch whose generator
             # file exists is complete and resumes exactly.
-            run.check_finite(epoch)
-            run.save_state(os.path.join(args.checkpoint_path, f"epoch_{epoch}_state.pt"), epoch + 1, 0,
-                           with_weights=False)
+            run.save_epoch_state(epoch)
             figures = None
             if processes.main:
                 save_model(args, run.saved_generator(), D_lst, epoch, num_stage)

@@ -177,8 +177,7 @@ def train(args: Namespace, device: torch.device, is_main: bool) -> None:
         print(f"Epoch: {epoch} \t d_loss: {d_loss:.4f} \t g_loss: {g_loss:.4f} \t "
               f"esti. time: {(end_time - start_time):.2f}s")
         # The resume state first and the generator file last, as in train.train.
-        run.check_finite(epoch)
-        run.save_state(os.path.join(args.checkpoint_path, f"epoch_{epoch}_state.pt"), epoch + 1, 0, with_weights=False)
+        run.save_epoch_state(epoch)
         figures = None
         if is_main:
             save_model(args, run.saved_generator(), D_lst, epoch, args.num_stage)

@@ -384,6 +384,13 @@ class TrainingRun:
             raise T2IError("a mid-epoch snapshot needs this package's dataloader.py (the course's RandomSampler "
                            "cannot skip the batches already seen); resume from a complete epoch instead")
 
+    def save_epoch_state(self, epoch: int) -> None:
+        """Epoch `epoch` is over: refuse weights that hold NaN or Inf, then write its resume state
+        (`epoch_N_state.pt`). Called before the weight files are saved, the generator last, so an epoch whose
+        generator file exists is complete and resumes exactly."""
+        self.check_finite(epoch)
+        self.save_state(checkpoints.state_file(self.args.checkpoint_path, epoch), epoch + 1, 0, with_weights=False)
+
     def check_finite(self, epoch: int) -> None:
         """Refuse to save weights that hold NaN or Inf."""
         models = [("generator", self.saved_generator())]
