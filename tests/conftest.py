@@ -27,6 +27,14 @@ def tiny_clip_path(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def inception_path(tmp_path_factory) -> str:
+    """An Inception v3 (FID/IS) with random weights, 92 MB: written once for every test that needs one."""
+    from t2i import metrics
+
+    return metrics.make_random_inception(str(tmp_path_factory.mktemp("inception") / "inception.pt"))
+
+
+@pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory) -> dict:
     """A raw synthetic dataset: 30 ids (22 train, 6 test, 2 in neither), a fifth of the captions over 77 tokens."""
     from t2i import synthetic

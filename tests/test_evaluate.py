@@ -87,11 +87,6 @@ def course_args(checkpoint_path: str, num_stage: int) -> Namespace:
 
 
 @pytest.fixture(scope="module")
-def inception_path(tmp_path_factory) -> str:
-    return metrics.make_random_inception(str(tmp_path_factory.mktemp("inception") / "inception.pt"))
-
-
-@pytest.fixture(scope="module")
 def inception(inception_path):
     return metrics.load_inception(inception_path, "cpu")
 

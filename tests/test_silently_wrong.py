@@ -316,14 +316,13 @@ def test_3_kid_spread_of_identical_subsets_is_not_reported_as_a_measurement():
 
 
 def test_3_the_report_holds_every_figure_with_its_size_caveats_and_clips(tmp_path, tiny_clip_path, preprocessed_zips,
-                                                                        capsys):
+                                                                        inception_path, capsys):
     folder = make_checkpoint(tmp_path / "ck", 1)
     write_run_record(folder, identity(tiny_clip_path))
-    inception = metrics.make_random_inception(str(tmp_path / "inception.pt"))
     out = tmp_path / "report.json"
     evaluate.main(["--checkpoint_path", folder, "--load_epoch", "0", "--test_data", preprocessed_zips["train"],
-                   "--clip_model", tiny_clip_path, "--inception_weights", inception, "--device", "cpu", "--quiet",
-                   "--out", str(out), "--num_samples", "10"])
+                   "--clip_model", tiny_clip_path, "--inception_weights", inception_path, "--device", "cpu",
+                   "--quiet", "--out", str(out), "--num_samples", "10"])
     report = json.loads(out.read_text())
     assert report["kid_std"] is None and report["fid_num_generated"] == 10 and report["fid_num_real"] == 10
     assert report["is_splits"] == 10 and report["is_split_size"] == 1 and len(report["caveats"]) == 2
@@ -347,7 +346,7 @@ def test_3_too_few_test_images_says_what_to_do(tmp_path, preprocessed_zips, tiny
 # ---------------------------------------------------------------- 4: damaged download caches are named
 
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
-def test_4_a_damaged_inception_cache_names_the_file_and_the_fix(tmp_path, monkeypatch, damage):
+def test_4_a_damaged_inception_cache_names_the_file_and_the_fix(tmp_path, monkeypatch, inception_path, damage):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = metrics.cached_inception_path()
     assert cached.startswith(str(tmp_path / "torch"))
@@ -355,7 +354,7 @@ def test_4_a_damaged_inception_cache_names_the_file_and_the_fix(tmp_path, monkey
     if damage == "empty":
         open(cached, "wb").close()
     else:
-        data = open(metrics.make_random_inception(str(tmp_path / "whole.pth")), "rb").read()
+        data = open(inception_path, "rb").read()
         open(cached, "wb").write(data[:len(data) // 3])
     with pytest.raises(T2IError) as error:
         metrics.load_inception(None, "cpu")

@@ -334,14 +334,11 @@ def test_a_fresh_run_refuses_a_folder_holding_another_runs_epochs(run):
     run("taken", 1, "--overwrite")
 
 
-def test_eval_every_logs_the_figures_with_the_losses(run, preprocessed_zips, tmp_path):
+def test_eval_every_logs_the_figures_with_the_losses(run, preprocessed_zips, inception_path, tmp_path):
     import csv
 
-    from t2i import metrics
-
-    inception = metrics.make_random_inception(str(tmp_path / "inception.pt"))
     folder = run("eval", 1, "--eval_every", "1", "--eval_data", preprocessed_zips["train"], "--eval_samples", "10",
-                 "--inception_weights", inception)
+                 "--inception_weights", inception_path)
     with open(folder / "loss_log.csv", newline="") as f:
         end = [row for row in csv.DictReader(f) if row["step"] == "end"][0]
     # IS is at least 1 up to rounding (exactly 1 when every image gets the same class distribution)
