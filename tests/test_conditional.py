@@ -139,6 +139,20 @@ def test_a_lone_flag_is_taken_as_the_value_of_train_args():
     assert (args.train_args, args.base_args, args.minutes) == ("--no-ema", "--lam 0", 1.0)
 
 
+@pytest.mark.parametrize("arch, expected", [("stackgan", {"learning_rate": 1e-3, "g_lr": None, "d_lr": None,
+                                                           "g_in_chans": 128, "d_in_chans": 16}),
+                                             ("galip", {"g_lr": 1e-3, "d_lr": 1e-3, "g_in_chans": 64})])
+def test_each_architecture_trains_at_the_benchmarks_widths_and_learning_rates(arch, expected):
+    from t2i import options
+
+    args = conditional.build_parser().parse_args(["--arch", arch])
+    argv = f"{args.base_args} {conditional.ARCH_TRAIN_ARGS[args.arch]}".split()
+    completed = options.complete(options.parse(argv, "benchmark"))
+    assert completed.arch == arch and completed.num_stage == 1 and completed.clip_loss_any_size
+    # for GALIP: its package defaults (the paper's lr 1e-4 / 4e-4, Ng 256) give way to the benchmark's
+    assert {name: getattr(completed, name) for name in expected} == expected
+
+
 def test_benchmark_clip_training_lowers_the_loss_and_saves_a_loadable_clip(tmp_path):
     from t2i import clip_utils
     from t2i import synthetic as synthetic_data

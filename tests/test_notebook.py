@@ -113,6 +113,7 @@ def test_training_uses_the_course_values_and_resumes_from_drive():
     assert args.resume_checkpoint_path == args.checkpoint_path == namespace["CKPT_DIR"]
     assert args.checkpoint_path.startswith(namespace["DRIVE_DIR"])
     assert args.save_every_steps > 0 and args.keep_last > 0
+    assert args.arch == namespace["ARCH"] == "stackgan"  # the course's model unless the team picks GALIP
 
 
 def test_preprocessing_has_a_ten_image_sample_and_the_course_flags():
