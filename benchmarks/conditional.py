@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fixed_train_args(args: argparse.Namespace) -> str:
+    """The run's fixed main.py flags: --base_args, then the architecture's (--train_args come after both)."""
+    return f"{args.base_args} {ARCH_TRAIN_ARGS[args.arch]}"
+
+
 def join_flag_values(argv: list[str]) -> list[str]:
     """`--train_args --no-ema` -> `--train_args=--no-ema`: argparse would take a lone flag for an option of its own."""
     joined, index = [], 0
@@ -225,8 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="conditional_bench_")
     data = load_or_build_data(args, work_dir)
     run_dir = os.path.join(work_dir, f"run_{time.strftime('%Y%m%d_%H%M%S')}")
-    trained = train(data["train_zip"], data["clip_path"], run_dir, f"{args.base_args} {ARCH_TRAIN_ARGS[args.arch]}",
-                    args.train_args, args.num_epochs, minutes)
+    trained = train(data["train_zip"], data["clip_path"], run_dir, fixed_train_args(args), args.train_args,
+                    args.num_epochs, minutes)
 
     eval_started = time.time()
     captions, targets = held_out_captions(data["test_combos"], args.captions_per_combo, args.seed)

@@ -145,8 +145,7 @@ def test_a_lone_flag_is_taken_as_the_value_of_train_args():
 def test_each_architecture_trains_at_the_benchmarks_widths_and_learning_rates(arch, expected):
     from t2i import options
 
-    args = conditional.build_parser().parse_args(["--arch", arch])
-    argv = f"{args.base_args} {conditional.ARCH_TRAIN_ARGS[args.arch]}".split()
+    argv = conditional.fixed_train_args(conditional.build_parser().parse_args(["--arch", arch])).split()
     completed = options.complete(options.parse(argv, "benchmark"))
     assert completed.arch == arch and completed.num_stage == 1 and completed.clip_loss_any_size
     # for GALIP: its package defaults (the paper's lr 1e-4 / 4e-4, Ng 256) give way to the benchmark's
