@@ -385,13 +385,14 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor, condition: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # Problem 3-(a)
+        # Problem 3-(a). `out` is one value per image, [B] (the heads give [B, 1, 1, 1]): the skeleton's D_loss
+        # compares it with labels of shape [B].
         features = self.trunk(img)
         if condition is None:
-            out = self.uncond_discriminator(features)
+            out = self.uncond_discriminator(features).flatten()
             align_out = None
         else:
-            out = self.cond_discriminator(features, condition)
+            out = self.cond_discriminator(features, condition).flatten()
             align_out = self.align_cond_discriminator(features, condition)
 
         out = nn.Sigmoid()(out)

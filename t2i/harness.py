@@ -10,10 +10,12 @@ The shim folder comes first on PYTHONPATH: its sitecustomize makes `import clip`
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from types import ModuleType
 
 HARNESS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "course_harness")
 SHIM_DIR = os.path.join(HARNESS_DIR, "shim")
@@ -49,3 +51,22 @@ def run_course_script(workdir: str, script: str, argv: list[str], clip_standin: 
         env["T2I_CLIP_STANDIN"] = os.path.abspath(clip_standin)
     return subprocess.run([sys.executable, script, *argv], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def load_course_module(name: str) -> ModuleType:
+    """One of the six plain course files imported in this process under a private name (`course_<name>`), so that
+    it cannot replace the package's module of the same name. Its own imports of the other course files
+    (read_dataset's `from train_utils import normalize`) resolve to the plain files too, while it loads."""
+    spec = importlib.util.spec_from_file_location(f"course_{name}", os.path.join(HARNESS_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    shadowed = {other: sys.modules.pop(other) for other in (n.removesuffix(".py") for n in COURSE_FILES)
+                if other in sys.modules}
+    sys.path.insert(0, HARNESS_DIR)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(HARNESS_DIR)
+        for other in (n.removesuffix(".py") for n in COURSE_FILES):
+            sys.modules.pop(other, None)
+        sys.modules.update(shadowed)
+    return module

@@ -16,6 +16,7 @@ import argparse
 import copy
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from t2i.errors import T2IError
@@ -47,23 +48,23 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("train_data", "train_data_6cap.zip", "preprocessed train zip", COURSE, REPORT, str),
-    Option("batch_size", 24, "images per iteration (at least 2: BatchNorm needs two)", COURSE, REPORT, int),
-    Option("num_epochs", 20, "total epochs (epochs count from 0)", COURSE, IGNORE, int),
+    Option("train_data", Path("sample_train.zip"), "preprocessed train zip", COURSE, REPORT, Path),
+    Option("batch_size", 64, "images per iteration (at least 2: BatchNorm needs two)", COURSE, REPORT, int),
+    Option("num_epochs", 50, "total epochs (epochs count from 0)", COURSE, IGNORE, int),
     Option("learning_rate", 2e-4, "Adam learning rate of G and D", COURSE, REPORT, float),
-    Option("report_interval", 50, "log the losses every N iterations", COURSE, IGNORE, int),
+    Option("report_interval", 100, "log the losses every N iterations", COURSE, IGNORE, int),
     Option("noise_dim", 100, "size of the noise z", COURSE, MUST_MATCH, int),
     Option("projection_dim", 128, "conditioning augmentation output size", COURSE, MUST_MATCH, int),
     Option("clip_embedding_dim", 512, "CLIP embedding size (512 for ViT-B/32)", COURSE, MUST_MATCH, int),
-    Option("checkpoint_path", "./checkpoints", "where the checkpoints go", COURSE, IGNORE, str),
-    Option("result_path", "./results", "where the sample grids and the loss curve go", COURSE, IGNORE, str),
-    Option("num_stage", 3, "1, 2 or 3 stages (64, 128, 256 px)", COURSE, MUST_MATCH, int),
-    Option("resume_epoch", -1, "continue after this epoch; -1: fresh run; 'latest': newest checkpoint, if any",
-           COURSE, IGNORE, resume_epoch),
+    Option("checkpoint_path", Path("model_exp1"), "where the checkpoints go", COURSE, IGNORE, Path),
+    Option("result_path", Path("images_exp1"), "where the sample grids and the loss curve go", COURSE, IGNORE, Path),
     Option("use_uncond_loss", False, "add the unconditional GAN loss", COURSE, REPORT),
     Option("use_contrastive_loss", False, "add LAFITE's contrastive losses (L_ConD, and L_ConG at 256 px)",
            COURSE, REPORT),
+    Option("num_stage", 1, "1, 2 or 3 stages (64, 128, 256 px)", COURSE, MUST_MATCH, int),
     Option("resume_checkpoint_path", None, "checkpoint folder to resume from", COURSE, IGNORE, str),
+    Option("resume_epoch", -1, "continue after this epoch; -1: fresh run; 'latest': newest checkpoint, if any",
+           COURSE, IGNORE, resume_epoch),
 
     Option("arch", "stackgan", "the model: stackgan (the course's StackGAN++, network.py) or galip (GALIP, "
            "network_galip.py: frozen-CLIP discriminator, DF-GAN generator; its defaults: --g_in_chans 256 "
@@ -76,12 +77,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("clip_model", "ViT-B/32", "CLIP name, or a local CLIP file: a state dict, or OpenAI's TorchScript "
            "download (read with torch.jit.load, which loads the code inside: give only OpenAI's files); must be the "
            "CLIP that made the data", MODEL, REPORT, str),
-    Option("ca_init_std", 3.0, "init std of the conditioning-augmentation weights that give mu "
-           "(0.02: weight_init's, the course's)", MODEL, REPORT, float),
+    Option("ca_init_std", None, "re-draw the conditioning-augmentation weights that give mu from N(0, std) "
+           "(default: weight_init's N(0, 0.02), the course's)", MODEL, REPORT, float),
 
-    Option("recipe", "guideline", "named settings for the options not given: guideline (the guideline's), fast "
-           "(--lam 0 --beta 0.1 --detach_condition, the best measured)", LOSSES, REPORT, str,
-           ("guideline", "fast")),
+    Option("recipe", "guideline", "named settings for the options not given: guideline (exactly the guideline's "
+           "model, losses and initialisation), fast (the best measured: --lam 0 --beta 0.1 --detach_condition "
+           "--mismatch --ema --ca_init_std 3)", LOSSES, REPORT, str, ("guideline", "fast")),
     Option("gamma", 5.0, "weight of L_ConD", LOSSES, REPORT, float),
     Option("lam", 10.0, "weight of L_ConG", LOSSES, REPORT, float),
     Option("beta", 1.0, "weight of the KL term L_CA", LOSSES, REPORT, float),
@@ -93,11 +94,11 @@ OPTIONS: tuple[Option, ...] = (
 
     Option("g_lr", None, "generator learning rate (default: --learning_rate)", IMPROVEMENTS, REPORT, float),
     Option("d_lr", None, "discriminator learning rate (default: --learning_rate)", IMPROVEMENTS, REPORT, float),
-    Option("ema", True, "save an exponential moving average of G as epoch_N_Gen.pt", IMPROVEMENTS, REPORT),
+    Option("ema", False, "save an exponential moving average of G as epoch_N_Gen.pt", IMPROVEMENTS, REPORT),
     Option("ema_decay", 0.999, "decay of that average", IMPROVEMENTS, REPORT, float),
     Option("diffaugment", "", "DiffAugment policy for D inputs, e.g. color,translation,cutout ('' = off)",
            IMPROVEMENTS, REPORT, str),
-    Option("mismatch", True, "mismatched-caption negatives for the conditional discriminator", IMPROVEMENTS,
+    Option("mismatch", False, "mismatched-caption negatives for the conditional discriminator", IMPROVEMENTS,
            REPORT),
     Option("detach_condition", False, "G's step shows D a detached mu, so only the image can pass "
            "(off: the course's graph)", IMPROVEMENTS, REPORT),
@@ -127,13 +128,13 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME = {option.name: option for option in OPTIONS}
 RECIPES: dict[str, dict[str, Any]] = {
     "guideline": {},
-    "fast": {"lam": 0.0, "beta": 0.1, "detach_condition": True},
+    "fast": {"lam": 0.0, "beta": 0.1, "detach_condition": True, "mismatch": True, "ema": True, "ca_init_std": 3.0},
 }
 # Each architecture's own values for the options not given (applied after the recipe). GALIP's learning rates and
 # widths are the paper's (ngf 32: DF-GAN's CUB width); its Adam betas (0, 0.9) are fixed in train_galip.py.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "stackgan": {},
-    "galip": {"g_in_chans": 256, "d_in_chans": 768, "g_lr": 1e-4, "d_lr": 4e-4},
+    "galip": {"g_in_chans": 256, "d_in_chans": 768, "g_lr": 1e-4, "d_lr": 4e-4, "mismatch": True, "ema": True},
 }
 EXPLICIT = "explicit_options"  # the Namespace attribute listing the options given on the command line
 
@@ -184,6 +185,10 @@ def complete(args: argparse.Namespace, network_arch: str | None = None) -> argpa
             setattr(completed, option.name, option.default)
         if option.name in RECIPES[recipe] and option.name not in explicit:
             setattr(completed, option.name, RECIPES[recipe][option.name])
+        # The course's main.py declares its paths with type=pathlib.Path: from here on every path is a str, so
+        # that JSON, the resume comparisons and the messages see the same value whichever main.py parsed it.
+        if isinstance(getattr(completed, option.name), os.PathLike):
+            setattr(completed, option.name, os.fspath(getattr(completed, option.name)))
     if completed.arch not in ARCH_DEFAULTS:
         raise T2IError(f"--arch {completed.arch}: one of {sorted(ARCH_DEFAULTS)}")
     for name, value in ARCH_DEFAULTS[completed.arch].items():
@@ -227,7 +232,7 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise T2IError(f"--{name} {value}: must be an integer of at least {minimum}{reasons.get(name, '')}")
-    for name in ("learning_rate", "g_lr", "d_lr", "tau", "xi"):
+    for name in ("learning_rate", "g_lr", "d_lr", "tau", "xi", "ca_init_std"):
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise T2IError(f"--{name} {value}: must be positive")

@@ -443,7 +443,8 @@ def build_training(args: Namespace, device: torch.device, files: bool = False
     G = Generator(args.clip_embedding_dim, args.projection_dim, args.noise_dim, args.g_in_chans, 3, args.num_stage,
                   device).to(device)
     G.apply(weight_init)
-    init_conditioning_mu(G, args.ca_init_std)
+    if args.ca_init_std is not None:
+        init_conditioning_mu(G, args.ca_init_std)
     D_lst = [Discriminator(args.projection_dim, 3, args.d_in_chans, 1, args.clip_embedding_dim, stage, device)
              .to(device) for stage in range(args.num_stage)]
     for D in D_lst:

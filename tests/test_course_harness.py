@@ -4,7 +4,6 @@ The course's main.py can only pass the course's flags, so the models are the ful
 one training step of them takes 15-20 s on 2 CPU cores, so training runs on a 2-image copy of the synthetic
 train zip (one step of batch 2).
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -21,9 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "The woman is young and has blond hair, and arched eyebrows."
 
 
-def course_argv(train_data, checkpoint_path, result_path):
-    """The notebook's command, except a batch of 2 and one epoch."""
-    return ["--train_data", train_data, "--batch_size", "2", "--num_epochs", "1", "--learning_rate", "2e-4",
+def course_argv(train_data, checkpoint_path, result_path, epochs=1):
+    """The notebook's command, except a batch of 2 and `epochs` epochs."""
+    return ["--train_data", train_data, "--batch_size", "2", "--num_epochs", str(epochs), "--learning_rate", "2e-4",
             "--report_interval", "50", "--noise_dim", "100", "--projection_dim", "128", "--clip_embedding_dim",
             "512", "--checkpoint_path", checkpoint_path, "--result_path", result_path, "--num_stage", "3",
             "--resume_epoch", "-1", "--use_contrastive_loss"]
@@ -43,15 +42,6 @@ def subset_zip(source, dest, count):
     return dest
 
 
-def load_plain_module(name):
-    """A plain course file imported under a private name, so it cannot clash with the package's module."""
-    spec = importlib.util.spec_from_file_location(f"course_plain_{name}",
-                                                  os.path.join(harness.HARNESS_DIR, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_ok(workdir, script, argv, clip_standin, timeout=300):
     started = time.time()
     result = harness.run_course_script(str(workdir), script, argv, clip_standin=clip_standin, timeout=timeout)
@@ -61,13 +51,28 @@ def run_ok(workdir, script, argv, clip_standin, timeout=300):
 
 @pytest.fixture(scope="module")
 def course_training(preprocessed_zips, tiny_clip_path, tmp_path_factory):
-    """The course's main.py trains our train.py/network.py for one epoch; the workdir and its timing."""
+    """The course's main.py trains our train.py/network.py for one epoch, then resumes it for a second one; the
+    workdir, the two runs' output and the first run's timing."""
     workdir = harness.prepare_workdir(str(tmp_path_factory.mktemp("course_run")), os.path.join(ROOT, "network.py"),
                                       os.path.join(ROOT, "train.py"))
     train_data = subset_zip(preprocessed_zips["train"], os.path.join(workdir, "train_2.zip"), 2)
-    _, seconds = run_ok(workdir, "main.py", course_argv(train_data, "checkpoints", "results"), tiny_clip_path)
-    yield {"workdir": workdir, "seconds": seconds}
+    first, seconds = run_ok(workdir, "main.py", course_argv(train_data, "checkpoints", "results"), tiny_clip_path)
+    resumed, _ = run_ok(workdir, "main.py", course_argv(train_data, "checkpoints", "results", epochs=2)
+                        + ["--resume_checkpoint_path", "checkpoints", "--resume_epoch", "0"], tiny_clip_path)
+    yield {"workdir": workdir, "seconds": seconds, "first": first.stdout, "resumed": resumed.stdout}
     shutil.rmtree(os.path.join(workdir, "checkpoints"))  # about 1.6 GB with the resume state
+
+
+@pytest.fixture(scope="module")
+def course_defaults_training(preprocessed_zips, tiny_clip_path, tmp_path_factory):
+    """The course's main.py at its own defaults (1 stage, no optional loss) for one epoch, then resumed."""
+    workdir = harness.prepare_workdir(str(tmp_path_factory.mktemp("course_defaults")),
+                                      os.path.join(ROOT, "network.py"), os.path.join(ROOT, "train.py"))
+    subset_zip(preprocessed_zips["train"], os.path.join(workdir, "sample_train.zip"), 2)  # the default --train_data
+    first, _ = run_ok(workdir, "main.py", ["--num_epochs", "1"], tiny_clip_path)
+    resumed, _ = run_ok(workdir, "main.py", ["--num_epochs", "2", "--resume_checkpoint_path", "model_exp1",
+                                             "--resume_epoch", "0"], tiny_clip_path)
+    return {"workdir": workdir, "first": first.stdout, "resumed": resumed.stdout}
 
 
 def test_course_main_trains_our_train_py(course_training):
@@ -80,10 +85,41 @@ def test_course_main_trains_our_train_py(course_training):
     print(f"course main.py, one step: {course_training['seconds']:.1f} s")
 
 
+def test_course_main_resumes_our_train_py_after_the_given_epoch(course_training):
+    checkpoint_path = os.path.join(course_training["workdir"], "checkpoints")
+    assert {"epoch_1_Gen.pt", "epoch_1_Dis_0.pt", "epoch_1_Dis_1.pt", "epoch_1_Dis_2.pt"} <= set(os.listdir(
+        checkpoint_path))
+    assert "Epoch: 1 start" in course_training["resumed"] and "Epoch: 0 start" not in course_training["resumed"]
+    # The course's main.py passes PosixPath objects: a resume compares them with run_options.json's strings.
+    assert "Changed since the resumed run" not in course_training["resumed"]
+
+
+def test_course_main_at_its_own_defaults_trains_the_guideline_and_records_every_option(course_defaults_training):
+    from t2i import options
+
+    workdir = course_defaults_training["workdir"]
+    files = set(os.listdir(os.path.join(workdir, "model_exp1")))
+    assert {"hyperparameter.pt", "epoch_0_Gen.pt", "epoch_0_Dis_0.pt", "epoch_1_Gen.pt", "epoch_1_Dis_0.pt"} <= files
+    assert not any(name.startswith("epoch_0_Dis_1") for name in files)
+    assert os.path.isfile(os.path.join(workdir, "images_exp1", "epoch_1.png"))
+    hyp = torch.load(os.path.join(workdir, "model_exp1", "hyperparameter.pt"))
+    assert (hyp["num_stage"], hyp["batch_size"], hyp["use_uncond_loss"], hyp["use_contrastive_loss"]) == (
+        1, 64, False, False)
+    with open(os.path.join(workdir, "model_exp1", "run_options.json")) as f:
+        recorded = json.load(f)["options"]
+    assert set(recorded) == {option.name for option in options.OPTIONS}
+    guideline = {"recipe": "guideline", "ema": False, "mismatch": False, "ca_init_std": None, "lam": 10.0,
+                 "beta": 1.0, "gamma": 5.0, "tau": 0.5, "detach_condition": False, "diffaugment": "",
+                 "language_free": False, "clip_loss_any_size": False, "g_lr": None, "d_lr": None, "arch": "stackgan",
+                 "train_data": "sample_train.zip", "checkpoint_path": "model_exp1", "result_path": "images_exp1"}
+    assert {name: recorded[name] for name in guideline} == guideline
+    assert "Changed since the resumed run" not in course_defaults_training["resumed"]
+
+
 def test_course_load_checkpoint_takes_the_models_as_graders_build_them(course_training):
     from network import Discriminator, Generator
 
-    load_checkpoint = load_plain_module("train_utils").load_checkpoint
+    load_checkpoint = harness.load_course_module("train_utils").load_checkpoint
     checkpoint_path = os.path.join(course_training["workdir"], "checkpoints")
     h = torch.load(os.path.join(checkpoint_path, "hyperparameter.pt"))
     G = Generator(h['clip_embedding_dim'], h['projection_dim'], h['noise_dim'], h['g_in_chans'], h['g_out_chans'],
@@ -107,7 +143,10 @@ def test_course_generate_image_writes_three_sizes(course_training, tiny_clip_pat
 
 
 def test_course_read_dataset_reads_our_zip(preprocessed_zips):
-    read_dataset = load_plain_module("read_dataset")
+    import PIL.Image
+
+    PIL.Image.init()  # the course's index needs PIL's plugins registered (tests/test_graders_files.py)
+    read_dataset = harness.load_course_module("read_dataset")
     dataset = read_dataset.ZipDataset(preprocessed_zips["train"], 3)
     with zipfile.ZipFile(preprocessed_zips["train"]) as archive:
         meta = json.loads(archive.read("dataset.json"))
@@ -121,17 +160,6 @@ def test_course_read_dataset_reads_our_zip(preprocessed_zips):
     captions = torch.tensor(dict(meta["clip_txt_features"])[meta["clip_img_features"][0][0]])
     captions = captions / captions.norm(dim=-1, keepdim=True)
     assert torch.isclose(captions @ txt_embedding, torch.tensor(1.0)).any()
-
-
-def test_course_train_utils_helpers():
-    train_utils = load_plain_module("train_utils")
-    images = torch.rand(2, 3, 256, 256) * 2 - 1
-    assert train_utils.custom_reshape(images).shape == (2, 3, 224, 224)
-    padded = train_utils.custom_reshape(torch.zeros(2, 3, 64, 64))
-    assert padded.shape == (2, 3, 224, 224) and padded.sum() == 2 * 3 * (224 * 224 - 64 * 64)
-    assert train_utils.clip_transform(224)(images).shape == (2, 3, 224, 224)
-    assert train_utils.KL_divergence(torch.zeros(4, 8), torch.zeros(4, 8)) == 0
-    assert train_utils.gather_all({"a": torch.tensor(1.0), "b": torch.tensor(2.0)}) == 3
 
 
 def run_in_harness(tmp_path, tiny_clip_path, device):

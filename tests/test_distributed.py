@@ -59,11 +59,11 @@ def test_one_process_uses_no_collective(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------
 
 def step_args(batch_size: int, *flags: str):
-    """1 stage, tiny widths; mismatched captions off (they pair within a process's rows)."""
+    """1 stage, tiny widths, the EMA generator on; mismatched captions off (they pair within a process's rows)."""
     return options.complete(options.parse([
         "--batch_size", str(batch_size), "--num_stage", "1", "--projection_dim", "8", "--noise_dim", "8",
         "--g_in_chans", "32", "--d_in_chans", "4", "--use_uncond_loss", "--use_contrastive_loss", "--no-mismatch",
-        "--device", "cpu", *flags], "test"))
+        "--ema", "--device", "cpu", *flags], "test"))
 
 
 def toy_dataset() -> list:

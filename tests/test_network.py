@@ -29,11 +29,24 @@ def test_generator_and_discriminator_shapes(num_stage, batch):
     for stage in range(num_stage):
         D = Discriminator(PROJ, 3, ND, 1, CLIP_DIM, stage, "cpu").eval()
         out, align = D(fake_images[stage])
-        assert out.shape == (batch, 1, 1, 1) and align is None
+        assert out.shape == (batch,) and align is None  # one value per image
         assert ((out >= 0) & (out <= 1)).all()  # sigmoid applied inside forward
         out, align = D(fake_images[stage], mu)
-        assert out.shape == (batch, 1, 1, 1) and align.shape == (batch, CLIP_DIM)
+        assert out.shape == (batch,) and align.shape == (batch, CLIP_DIM)
         assert D.trunk(fake_images[stage]).shape == (batch, 8 * ND, 4, 4)
+
+
+def test_forward_feeds_the_skeletons_bce_loss_and_matches_the_fast_path():
+    # The skeleton's D_loss: BCELoss(sigmoid outputs of forward, labels of shape [B]).
+    torch.manual_seed(0)
+    D = Discriminator(PROJ, 3, ND, 1, CLIP_DIM, 1, "cpu").eval()
+    images, mu = torch.rand(4, 3, 128, 128) * 2 - 1, torch.randn(4, PROJ)
+    labels = torch.ones(4)
+    out, _ = D(images, mu)
+    loss = torch.nn.BCELoss()(out, labels)
+    uncond, cond, _ = D.heads(D.trunk(images), mu)
+    assert torch.allclose(loss, torch.nn.BCEWithLogitsLoss()(cond, labels))
+    assert torch.allclose(D(images)[0], torch.sigmoid(uncond))
 
 
 def test_submodule_shapes_follow_the_guideline():

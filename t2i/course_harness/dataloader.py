@@ -1,13 +1,13 @@
-"""Our re-creation of the course's plain `dataloader.py`, written from the contract.
+"""Our re-creation of the graders' plain `dataloader.py`, written from ../shared/CONTRACT.md.
 
 Used only to prove that our network.py and train.py work with the graders' plain files (t2i.harness runs
-it); the package never imports it at run time.
+it); the package never imports it at run time. Everything but the sampler and the batch size is DataLoader's
+default: no workers, no pinned memory, drop_last False (an epoch can end on a batch of one image), the default
+collate, and a RandomSampler drawing from the global torch RNG.
 """
-from argparse import Namespace
-
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 
-def get_dataloader(args: Namespace, dataset: Dataset, is_train: bool = True) -> DataLoader:
+def get_dataloader(args, dataset, is_train=True):
     sampler = RandomSampler(dataset) if is_train else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler)
+    return DataLoader(dataset=dataset, sampler=sampler, batch_size=args.batch_size)
