@@ -28,15 +28,14 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from models import NETWORKS
 from t2i import clip_utils, harness, plots
-from t2i.checkpoints import (ARCH_MODULES, HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator,
-                             build_generator, clean_epoch_advice, describe_mismatch, discriminator_file,
-                             generator_file, network_module, read_run_record, run_arch)
-from t2i.datasets import clip_mismatch
+from t2i.checkpoints import (HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator, build_generator,
+                             clean_epoch_advice, describe_mismatch, discriminator_file, generator_file, network_of,
+                             nonfinite_tensors, read_run_record, run_arch)
 from t2i.devices import resolve_device
 from t2i.errors import T2IError, one_line_errors
-from t2i.files import (atomic_write, human_size, make_folder, nonfinite_tensors, read_torch_file,
-                       remove_stale_temp_files)
+from t2i.files import atomic_write, human_size, make_folder, read_torch_file, remove_stale_temp_files
 from t2i.generation import check_out_dir, encode_prompt, generate, save_results
 
 GRADER_PROMPTS = (
@@ -78,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_images", type=int, default=4, help="images per prompt (the grid shows them all)")
     parser.add_argument("--zip", default=None, help="pack the graded files into this zip when the check passes")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--arch", default=None, choices=sorted(ARCH_MODULES),
+    parser.add_argument("--arch", default=None, choices=sorted(NETWORKS),
                         help="the model the run trained (default: its run_options.json's, else stackgan); galip "
                              "packs network_galip.py as network.py and runs the course's generate_image.py on it")
     return parser
@@ -171,7 +170,7 @@ def generate_prompts(generator: nn.Module, hyp: dict, args: argparse.Namespace, 
         return
     record = read_run_record(args.checkpoint_path)
     used = clip_utils.clip_identity_of(clip_model)
-    mismatch = clip_mismatch(record and record.get("clip"), f"the checkpoint in {args.checkpoint_path}", used,
+    mismatch = clip_utils.clip_mismatch(record and record.get("clip"), f"the checkpoint in {args.checkpoint_path}", used,
                              f"--clip_model {used['name']}")
     if mismatch is not None and not args.allow_clip_mismatch:
         result.problems.append(f"{mismatch} (the graders encode their prompts with ViT-B/32)")
@@ -215,9 +214,10 @@ def check(args: argparse.Namespace) -> CheckResult:
             result.problem(gen_path, "missing")
         return result
     arch = args.arch or run_arch(args.checkpoint_path)
+    network = NETWORKS[args.arch] if args.arch else network_of(args.checkpoint_path, NETWORKS)
     # Built exactly as the graders build them: positional arguments from hyperparameter.pt.
-    generator = build_generator(hyp, device, arch)
-    discriminators = [build_discriminator(hyp, stage, device, arch) for stage in range(hyp["num_stage"])]
+    generator = build_generator(hyp, device, network)
+    discriminators = [build_discriminator(hyp, stage, device, network) for stage in range(hyp["num_stage"])]
     print(f"Checking epoch {args.epoch} in {args.checkpoint_path} ({arch}, {hyp['num_stage']} stages, "
           f"Ng {hyp['g_in_chans']}, Nd {hyp['d_in_chans']}, CLIP {hyp['clip_embedding_dim']}-d)")
     num_stage = hyp["num_stage"]
@@ -243,7 +243,7 @@ def check(args: argparse.Namespace) -> CheckResult:
         generator.to(device).eval()  # the graders' load_checkpoint puts the models in eval mode
         generate_prompts(generator, hyp, args, device, result)
     if arch != "stackgan" and generator_ok and not result.problems:
-        result.network_py = network_module(arch).__file__
+        result.network_py = network.__file__
         run_course_generate_image(result.network_py, args, result)
     return result
 

@@ -1,16 +1,16 @@
 """The course's loader factory: `get_dataloader(args, dataset, is_train=True)`.
 
 For training it returns a loader whose order `train` can reproduce exactly, so a run resumed mid-epoch sees
-the batches the interrupted run had not seen (`t2i/batching.py`); the course's RandomSampler cannot. Under torchrun
-each process gets its share of every batch (`t2i/distributed.py`). Otherwise, the dataset in order.
+the batches the interrupted run had not seen (`t2i/data/batching.py`); the course's RandomSampler cannot. Under torchrun
+each process gets its share of every batch (`t2i/training/distributed.py`). Otherwise, the dataset in order.
 """
 from argparse import Namespace
 
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from t2i.batching import training_loader
+from t2i.data.batching import training_loader
 from t2i.devices import resolve_device
-from t2i.distributed import shard
+from t2i.training.distributed import shard
 
 
 def get_dataloader(args: Namespace, dataset: Dataset, is_train: bool = True) -> DataLoader:

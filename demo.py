@@ -5,14 +5,14 @@ controls the pictures.
     python demo.py --quick         # tiny sizes (the test suite runs this)
 
 The data are face-like drawings fully determined by four attributes that every caption names (hair colour,
-background colour, skin tone, eyeglasses; `t2i/held_out.py`). 30 of the 150 attribute combinations are held
+background colour, skin tone, eyeglasses; `t2i/synthetic/held_out.py`). 30 of the 150 attribute combinations are held
 out: no training image shows them, and the demo asks for exactly those, then reads the attributes back from the
-pixels of what it drew (`t2i/attribute_score.py`) and prints the share drawn as asked.
+pixels of what it drew (`t2i/synthetic/attribute_score.py`) and prints the share drawn as asked.
 
 Steps, each through the real entry point:
-  1. a raw dataset in the Multimodal CelebA-HQ layout, with held-out combinations   (t2i/held_out.py)
+  1. a raw dataset in the Multimodal CelebA-HQ layout, with held-out combinations   (t2i/synthetic/held_out.py)
   2. the text encoder: OpenAI's ViT-B/32 when it can be loaded; otherwise a small CLIP whose text encoder is
-     trained here on the training captions (t2i/clip_training.py), a stand-in that knows only this world
+     trained here on the training captions (t2i/synthetic/clip_training.py), a stand-in that knows only this world
   3. preproc_datasets_*       train and test zips with that CLIP's embeddings
   4. main.py                  the 64 px stage alone (--num_stage 1, --recipe fast)
   5. main.py                  grown to 3 stages: the 64 px stage's weights carried over, the 128 and 256 px
@@ -50,18 +50,21 @@ import check_submission
 import evaluate
 import generate_image
 import main as train_cli
+import network
 import preproc_datasets_celeba_zip_test
 import preproc_datasets_celeba_zip_train
+from models import NETWORKS
 from network import weight_init
-from t2i import checkpoints, clip_utils, metrics
-from t2i.attribute_score import CHANCE, evaluate_generator
-from t2i.clip_training import make_trained_clip
+from t2i import checkpoints, clip_utils
+from t2i.data.zip_dataset import ZipDataset
 from t2i.devices import resolve_device
+from t2i.evaluation import metrics
 from t2i.files import atomic_save
 from t2i.generation import encode_prompt
-from t2i.held_out import ATTRIBUTES, held_out_captions, split_combinations, write_raw
 from t2i.plots import plt  # pyplot with the files-only backend that t2i.plots selects
-from t2i.zip_dataset import ZipDataset
+from t2i.synthetic.attribute_score import CHANCE, evaluate_generator
+from t2i.synthetic.clip_training import make_trained_clip
+from t2i.synthetic.held_out import ATTRIBUTES, held_out_captions, split_combinations, write_raw
 
 REAL_CLIP = "ViT-B/32"
 DOWNLOAD_TIMEOUT_S = 30  # a blocked network fails within this instead of hanging the demo
@@ -271,7 +274,7 @@ def grow_to_three_stages(source: str, epoch: int, dest: str, train_zip: str, siz
     os.makedirs(dest, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        generator = checkpoints.build_generator(hyp, "cpu")
+        generator = checkpoints.build_generator(hyp, "cpu", network)
         generator.apply(weight_init)
         trained = torch.load(checkpoints.generator_file(source, epoch), map_location="cpu", weights_only=True)
         if not set(trained) < set(generator.state_dict()):
@@ -282,7 +285,7 @@ def grow_to_three_stages(source: str, epoch: int, dest: str, train_zip: str, siz
         shutil.copyfile(checkpoints.discriminator_file(source, epoch, 0),
                         checkpoints.discriminator_file(dest, epoch, 0))
         for stage in (1, 2):
-            discriminator = checkpoints.build_discriminator(hyp, stage, "cpu")
+            discriminator = checkpoints.build_discriminator(hyp, stage, "cpu", network)
             discriminator.apply(weight_init)
             atomic_save(discriminator.state_dict(), checkpoints.discriminator_file(dest, epoch, stage))
     return losses
@@ -342,7 +345,7 @@ def score_held_out(checkpoint_path: str, epoch: int, clip_model: str, test_combo
                    device: torch.device) -> list[dict]:
     """The graded generator (eval mode, as the graders load it) on fresh captions of every held-out combination:
     the share of attribute values read back from the pixels as asked, per stage."""
-    generator, hyp = checkpoints.load_generator(checkpoint_path, epoch, device)
+    generator, hyp = checkpoints.load_generator(checkpoint_path, epoch, device, networks=NETWORKS)
     clip_model = clip_utils.load_clip(clip_model, device)
     captions, targets = held_out_captions(test_combos, sizes.captions_per_combo, DATA_SEED)
     features = torch.cat([encode_prompt(clip_model, caption, device) for caption in captions])
@@ -412,7 +415,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     if clip_reason is not None:
         clip_model = small_clip_path(out)
         # Its text tower alone, on paraphrases, in batches of eyeglasses twins: within the few steps the time
-        # allows, the only way measured that separates eyeglasses (t2i/clip_training.py).
+        # allows, the only way measured that separates eyeglasses (t2i/synthetic/clip_training.py).
         clip_summary = run_step("2. train a small CLIP's text encoder (the stand-in)", lambda: make_trained_clip(
             clip_model, raw, test_combos, sizes.clip_steps, DATA_SEED, glasses_pairs=True, text_only=True,
             batch_size=sizes.clip_batch), timings)

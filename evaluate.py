@@ -4,21 +4,21 @@
 
 One image is generated per test image (or per image of a seeded subset, --num_samples), from one of its
 captions; captions, noise and conditioning augmentation all come from --seed, so two runs score the same images.
-The figures, how they are computed and their caveats: `t2i/evaluation.py` and `t2i/metrics.py`.
+The figures, how they are computed and their caveats: `t2i/evaluation/evaluator.py` and `t2i/evaluation/metrics.py`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
+from models import NETWORKS
 from t2i import clip_utils
 from t2i.checkpoints import load_generator, read_run_record
-from t2i.datasets import check_clip_matches, check_same_clip
 from t2i.devices import resolve_device
 from t2i.errors import T2IError, one_line_errors
-from t2i.evaluation import Evaluator, load_test_dataset, summary_line, write_report
+from t2i.evaluation.evaluator import Evaluator, load_test_dataset, summary_line, write_report
+from t2i.evaluation.metrics import IS_SPLITS
 from t2i.files import remove_stale_temp_files
-from t2i.metrics import IS_SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,19 +55,19 @@ def run(args: argparse.Namespace) -> dict:
     if os.path.isdir(out):
         raise T2IError(f"--out {out}: is a folder; give the report's file name")
     grid_path = os.path.splitext(out)[0] + "_grid.png"
-    generator, hyp = load_generator(args.checkpoint_path, args.load_epoch, device)
+    generator, hyp = load_generator(args.checkpoint_path, args.load_epoch, device, networks=NETWORKS)
     progress = not args.quiet
     dataset = load_test_dataset(args.test_data, hyp["clip_embedding_dim"], progress)
     # The test zip, the checkpoint and --clip_model must share one CLIP (each records its own).
     record = read_run_record(args.checkpoint_path)
     checkpoint_clip = record.get("clip") if record else None
     test_clip = dataset.settings.get("clip")
-    check_same_clip(checkpoint_clip, f"the checkpoint in {args.checkpoint_path}", test_clip,
+    clip_utils.check_same_clip(checkpoint_clip, f"the checkpoint in {args.checkpoint_path}", test_clip,
                     f"the CLIP of --test_data {args.test_data}", args.allow_clip_mismatch)
     clip_model = clip_utils.load_clip_checked(args.clip_model, device, dataset.embedding_dim,
                                               f"the test zip {args.test_data}")
-    check_clip_matches(test_clip, clip_model, f"--test_data {args.test_data}", args.allow_clip_mismatch)
-    check_clip_matches(checkpoint_clip, clip_model, f"the checkpoint in {args.checkpoint_path}",
+    clip_utils.check_clip_matches(test_clip, clip_model, f"--test_data {args.test_data}", args.allow_clip_mismatch)
+    clip_utils.check_clip_matches(checkpoint_clip, clip_model, f"the checkpoint in {args.checkpoint_path}",
                        args.allow_clip_mismatch)
     evaluator = Evaluator(dataset, num_samples=args.num_samples, batch_size=args.batch_size, device=device,
                           clip_model=clip_model, inception_weights=args.inception_weights, seed=args.seed,

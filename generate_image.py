@@ -9,9 +9,9 @@ import argparse
 
 import torch
 
+from models import NETWORKS
 from t2i import clip_utils
 from t2i.checkpoints import load_generator, read_run_record
-from t2i.datasets import check_clip_matches
 from t2i.devices import resolve_device
 from t2i.errors import T2IError, one_line_errors
 from t2i.generation import check_out_dir, encode_prompt, generate, save_results
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             raise T2IError(f"--num_images {args.num_images}: must be at least 1")
         check_out_dir(args.out_dir)
         device = resolve_device(args.device)
-        generator, hyp = load_generator(args.checkpoint_path, args.load_epoch, device)
+        generator, hyp = load_generator(args.checkpoint_path, args.load_epoch, device, networks=NETWORKS)
         if args.show_hyp:
             print_hyp(hyp)
         clip_model = clip_utils.load_clip_checked(args.clip_model, device, hyp["clip_embedding_dim"],
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         if record is None:
             print(f"note: {args.checkpoint_path} has no run_options.json (not written by this package's training), so "
                   f"the CLIP it was trained with cannot be checked against --clip_model")
-        check_clip_matches(record and record.get("clip"), clip_model, f"the checkpoint in {args.checkpoint_path}",
+        clip_utils.check_clip_matches(record and record.get("clip"), clip_model, f"the checkpoint in {args.checkpoint_path}",
                            args.allow_clip_mismatch)
         txt_feature = encode_prompt(clip_model, args.prompt, device)
         if args.seed is not None:

@@ -5,14 +5,14 @@
         --checkpoint_path ./checkpoints --result_path ./results --num_stage 3 --resume_epoch -1 \
         --use_uncond_loss --use_contrastive_loss
 
-Every option is declared once, in `t2i/options.py`. The folders are made by `train` once the input is checked.
+Every option is declared once, in `t2i/training/options.py`. The folders are made by `train` once the input is checked.
 """
 from __future__ import annotations
 
 import argparse
 
 from fix_seed import seed_fix
-from t2i import options
+from t2i.training import options
 from train import train
 
 DESCRIPTION = "Train the CLIP-conditioned StackGAN++ (course flags first)."

@@ -4,14 +4,14 @@
         --emb_dim 512 --transform=center-crop --width=256 --height=256
 
 Raw multimodal_celeba_hq.zip -> a zip of 256 px PNGs with their CLIP image and caption embeddings. The pipeline
-is shared with the other split's command: `t2i/preprocessing.py`.
+is shared with the other split's command: `t2i/data/preprocessing.py`.
 """
 import click
 
-from t2i import preprocessing
-from t2i.errors import T2IError
+from t2i.data import preprocessing
 # The skeleton's helpers, beside convert_dataset as in the course's file (the shared pipeline calls them).
-from t2i.preprocessing import make_transform, open_dataset, open_dest  # noqa: F401
+from t2i.data.preprocessing import make_transform, open_dataset, open_dest  # noqa: F401
+from t2i.errors import T2IError
 from train_utils import clip_preprocess, custom_reshape, error  # noqa: F401
 
 

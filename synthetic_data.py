@@ -2,14 +2,14 @@
 
     python synthetic_data.py --out demo_data --num_images 300 --size 256 --seed 0
 
-The pictures and captions: `t2i/synthetic.py`.
+The pictures and captions: `t2i/synthetic/world.py`.
 """
 from __future__ import annotations
 
 import argparse
 
 from t2i.errors import one_line_errors
-from t2i.synthetic import write_raw_dataset
+from t2i.synthetic.world import write_raw_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,11 +3,11 @@
 Read top to bottom as the guideline: the contrastive losses (Problems 4-(c), 4-(d)), one stage's discriminator
 and generator losses (4-(b), 4-(a)), one epoch (`train_step`: the pseudo text feature 4-(f), the labels 4-(e),
 then phases 1-3), and `train(args)`. It runs under the course's own main.py too, whose Namespace holds only the
-course flags: every other option takes its default (`t2i/options.py`).
+course flags: every other option takes its default (`t2i/training/options.py`).
 
-What the skeleton does not have reaches `train_step` through `run` (`t2i/training_run.py`): mixed precision,
+What the skeleton does not have reaches `train_step` through `run` (`t2i/training/run.py`): mixed precision,
 the EMA generator, mismatched captions, DiffAugment, non-finite steps that change nothing, progress, the loss
-log and mid-epoch snapshots; under torchrun, training on several processes (`t2i/distributed.py`), with two marked
+log and mid-epoch snapshots; under torchrun, training on several processes (`t2i/training/distributed.py`), with two marked
 hooks here: the contrastive negatives and the generator's noise come from the global batch. Where a line the
 skeleton gives had to change, a comment says why. The changes that make a step cost half the course's: one
 generator forward per iteration, the discriminators' step on detached fakes (no backward through G, no
@@ -25,22 +25,23 @@ from argparse import Namespace
 
 import torch
 import torch.nn as nn
-from torch.nn import BCEWithLogitsLoss
 from PIL import Image
+from torch.nn import BCEWithLogitsLoss
 from torch.optim import Adam
 
 import train_galip
 from dataloader import get_dataloader
 from network import Discriminator, Generator, weight_init
 from read_dataset import ZipDataset
-from t2i import clip_utils, distributed, options
-from t2i.datasets import check_train_dataset, check_training_clips
+from t2i import clip_utils
+from t2i.data.checks import check_train_dataset, check_training_clips
+from t2i.data.images import clip_view
 from t2i.errors import T2IError, one_line_errors
-from t2i.evaluation import make_training_evaluator
-from t2i.image_ops import clip_view
-from t2i.resume import check_output_folder, find_resume_point
-from t2i.samples import sample_conditions, save_sample_grid
-from t2i.training_run import TrainingRun, adam_options, init_conditioning_mu
+from t2i.evaluation.evaluator import make_training_evaluator
+from t2i.training import distributed, options
+from t2i.training.resume import check_output_folder, find_resume_point
+from t2i.training.run import TrainingRun, adam_options, init_conditioning_mu
+from t2i.training.samples import sample_conditions, save_sample_grid
 from train_utils import (KL_divergence, clip_preprocess, denormalize_image, gather_all, load_checkpoint, normalize,
                          save_hyp, save_model)
 
@@ -52,7 +53,7 @@ Image.init()
 def contrastive_loss(features: torch.Tensor, txt_embedding: torch.Tensor, tau: float) -> torch.Tensor:
     """-tau * sum_i log( exp(sim(f_i, h_i)/tau) / sum_j exp(sim(f_j, h_i)/tau) ), sim the cosine similarity:
     each text should pick its own image out of the batch. Computed in fp32 (exp / tau overflows fp16)."""
-    # torchrun hook: the batch is the global one, every process's images and texts (t2i/distributed.py).
+    # torchrun hook: the batch is the global one, every process's images and texts (t2i/training/distributed.py).
     features, txt_embedding = distributed.gather_negatives(features, txt_embedding)
     logits = normalize(txt_embedding.float()) @ normalize(features.float()).t() / tau  # [text i, image j]
     return -tau * torch.diagonal(torch.log_softmax(logits, dim=1)).sum()
@@ -189,7 +190,7 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
                                          d_fake_label, d_real_label, tau=run.tau, wrong_mu=wrong_mu,
                                          augment=run.augment, components=run.log("D", i))
         # A non-finite loss skips this step, and the generator's after it, on the device (the host does not wait
-        # here); the iteration is then undone and changes nothing (t2i/nonfinite.py).
+        # here); the iteration is then undone and changes nothing (t2i/training/nonfinite.py).
         run.update_discriminators(d_loss, optim_d_lst)
 
         # Phase 2. Optimize Generator
@@ -226,7 +227,7 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
 
 
 def train(args: Namespace) -> None:
-    # One process, or one of those torchrun started (several GPUs or machines): t2i/distributed.py.
+    # One process, or one of those torchrun started (several GPUs or machines): t2i/training/distributed.py.
     with one_line_errors(), distributed.launched() as processes:
         # The course's main.py passes only its own flags; --arch defaults to the arch of network.py's classes.
         network_arch = getattr(Generator, "ARCH", "stackgan")

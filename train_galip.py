@@ -2,7 +2,7 @@
 
 The same run as the course model's: the checks, `hyperparameter.pt`, `epoch_N_Gen.pt` / `epoch_N_Dis_i.pt`, the
 resume state, mixed precision, the EMA generator, non-finite steps that change nothing, the loss log and the
-per-epoch sample grid all come from `TrainingRun` (t2i/training_run.py) and the course's `train_utils`. What
+per-epoch sample grid all come from `TrainingRun` (t2i/training/run.py) and the course's `train_utils`. What
 differs is the model (`network_galip`), the optimizers (the paper's Adam, betas (0, 0.9), lr 1e-4 for G and 4e-4
 for D, the --g_lr / --d_lr defaults of `--arch galip`) and the step (`train_step` below, losses in
 `galip_losses`):
@@ -33,13 +33,14 @@ import galip_losses as gl
 import network_galip
 from dataloader import get_dataloader
 from read_dataset import ZipDataset
-from t2i import clip_utils, options
-from t2i.datasets import check_train_dataset, check_training_clips
+from t2i import clip_utils
+from t2i.data.checks import check_train_dataset, check_training_clips
 from t2i.errors import T2IError
-from t2i.evaluation import make_training_evaluator
-from t2i.resume import check_output_folder, find_resume_point
-from t2i.samples import sample_conditions, save_sample_grid
-from t2i.training_run import TrainingRun, adam_options
+from t2i.evaluation.evaluator import make_training_evaluator
+from t2i.training import options
+from t2i.training.resume import check_output_folder, find_resume_point
+from t2i.training.run import TrainingRun, adam_options
+from t2i.training.samples import sample_conditions, save_sample_grid
 from train_utils import load_checkpoint, normalize, save_hyp, save_model
 
 BETAS = (0.0, 0.9)  # GALIP's (and DF-GAN's) Adam betas
@@ -114,7 +115,7 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: nn.M
                                                   scaler=run.precision.scaler_d, mismatch=run.mismatch)
         run.log("D", 0).update(parts)
         # A non-finite loss skips this step and the G step after it on the device; the iteration is then undone
-        # and changes nothing (t2i/nonfinite.py).
+        # and changes nothing (t2i/training/nonfinite.py).
         run.update_discriminators(d_loss, optim_d_lst)
 
         # G step, judged by the updated D.

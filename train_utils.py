@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 from torchvision.transforms import Compose, Normalize
 
-from t2i import image_ops
 from t2i.checkpoints import HYPERPARAMETER_FILE, discriminator_file, generator_file, load_weights
+from t2i.data import images
 from t2i.errors import T2IError
 from t2i.files import atomic_save
 
@@ -49,19 +49,19 @@ def denormalize_image(x: torch.Tensor) -> torch.Tensor:
 
 def clip_transform(n_px: int) -> Compose:
     """Bicubic resize of the short side to n_px, then a centre crop to n_px x n_px (works on batches)."""
-    return image_ops.clip_resize(n_px)
+    return images.clip_resize(n_px)
 
 
 def custom_reshape(img: torch.Tensor, mode: str = "bicubic", ratio: float = 0.99,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """One random square crop of at least `ratio` of the side, resized to 224 (the same for the whole batch);
-    images under 224 px are padded with 1.0 at a random offset instead. `generator`: see image_ops."""
-    return image_ops.random_crop_resize(img, mode, ratio, generator)
+    images under 224 px are padded with 1.0 at a random offset instead. `generator`: see t2i/data/images.py."""
+    return images.random_crop_resize(img, mode, ratio, generator)
 
 
 def clip_preprocess() -> Normalize:
     """CLIP's input normalisation, for [0, 1] images."""
-    return image_ops.clip_normalize()
+    return images.clip_normalize()
 
 
 def save_hyp(args: Namespace, g_in_chans: int, g_out_chans: int, d_in_chans: int, d_out_chans: int) -> None:

@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from t2i import checkpoints, clip_utils, metrics, synthetic
+    from t2i import checkpoints, clip_utils
+    from t2i.evaluation import metrics
+    from t2i.synthetic import world
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         # 1. The notebook's commands, in order.
         namespace = notebook_settings(os.path.join(tmp, "content"))
         drive = namespace["DRIVE_DIR"]
-        synthetic.write_raw_dataset(drive, num_images=60, num_train=40, num_test=20, size=256, seed=0)
+        world.write_raw_dataset(drive, num_images=60, num_train=40, num_test=20, size=256, seed=0)
         for folder in (namespace["OUTPUT_DIR"], os.path.dirname(namespace["LOCAL_RAW_ZIP"])):
             os.makedirs(folder, exist_ok=True)
         for cell, command in notebook_commands():

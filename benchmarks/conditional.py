@@ -1,6 +1,6 @@
 """Does the text control the image? A synthetic conditional benchmark through the real code path.
 
-1. Data (`t2i.held_out`): face-like drawings fully determined by four attributes named in every caption (hair
+1. Data (`t2i.synthetic.held_out`): face-like drawings fully determined by four attributes named in every caption (hair
    colour, background colour, skin tone, eyeglasses), plus nuisance detail the captions never mention (mouth
    shape, a side ornament), so a good generator has something to vary with the noise. A fixed share of the 150
    attribute combinations is held out: no training image shows them. The raw zip and split pickles are written
@@ -8,7 +8,7 @@
 2. Training: `main.main` with `--num_stage 1` (64 px), a narrow generator and discriminator, on the CPU,
    one epoch per call, resuming from the previous epoch (the real resume path), until `--num_epochs` or
    the `--minutes` budget is reached.
-3. Evaluation (`t2i.attribute_score`): `checkpoints.load_generator` and `generation.encode_prompt` / `generate`
+3. Evaluation (`t2i.synthetic.attribute_score`): `checkpoints.load_generator` and `generation.encode_prompt` / `generate`
    on captions of the held-out combinations; `synthetic.read_attributes` reads the attributes back from pixels.
    Reported: accuracy per attribute and overall, chance level, the same with the text embeddings shuffled
    between captions (a generator that ignores the text scores this), diversity across noise (mean pairwise
@@ -17,7 +17,7 @@
 
 The text encoder is a small CLIP (the real `clip.model.CLIP` class, tokenizer, 77-token context, 224 px input and
 512-d embeddings) trained contrastively on the training images and their captions for --train_clip_steps steps
-(`t2i.clip_training`), so that L_ConG (--lam) carries image-text signal as the pretrained CLIP does on CelebA; its
+(`t2i.synthetic.clip_training`), so that L_ConG (--lam) carries image-text signal as the pretrained CLIP does on CelebA; its
 top-1 caption retrieval among the held-out combinations (on their real test images) is reported, and the share of
 the caption embeddings' variance that each attribute explains: the generator can follow only what the text
 embedding separates (after 150 steps eyeglasses explained 0.01 % of it and were never learned; after the default
@@ -51,11 +51,12 @@ import torch
 
 import main as train_main
 import preproc_datasets_celeba_zip_train
+from models import NETWORKS
 from t2i import checkpoints, clip_utils
-from t2i.attribute_score import CHANCE, evaluate_generator, real_diversity
-from t2i.clip_training import make_trained_clip
 from t2i.generation import encode_prompt
-from t2i.held_out import ATTRIBUTES, held_out_captions, split_combinations, write_raw
+from t2i.synthetic.attribute_score import CHANCE, evaluate_generator, real_diversity
+from t2i.synthetic.clip_training import make_trained_clip
+from t2i.synthetic.held_out import ATTRIBUTES, held_out_captions, split_combinations, write_raw
 
 IMAGE_SIZE = 64
 # The benchmark's text encoder: one text layer at ViT-B/32's width, a one-layer 64-wide image tower.
@@ -147,7 +148,7 @@ def evaluate(checkpoint_path: str, epoch: int, clip_path: str, captions: list[st
              samples: int, seed: int) -> dict:
     """The trained generator on the held-out captions, and the same generator with the captions shuffled."""
     device = torch.device("cpu")
-    generator, hyp = checkpoints.load_generator(checkpoint_path, epoch, device)
+    generator, hyp = checkpoints.load_generator(checkpoint_path, epoch, device, networks=NETWORKS)
     clip_model = clip_utils.load_clip(clip_path, device)
     features = torch.cat([encode_prompt(clip_model, caption, device) for caption in captions])
     shuffled = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))]

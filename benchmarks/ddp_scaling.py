@@ -71,8 +71,10 @@ def synthetic_dataset(opts: Namespace, size: int) -> list:
 
 def worker(opts: Namespace) -> None:
     import train
-    from t2i import batching, clip_utils, distributed, options
-    from t2i.training_run import build_training
+    from t2i import clip_utils
+    from t2i.data import batching
+    from t2i.training import distributed, options
+    from t2i.training.run import build_training
 
     with distributed.launched() as processes:
         world_size = processes.world_size

@@ -21,9 +21,10 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-
 import network
-from t2i import clip_utils, evaluation, metrics
+from t2i import clip_utils
+from t2i.evaluation import evaluator as evaluation
+from t2i.evaluation import metrics
 
 TEST_SPLIT = 6000
 

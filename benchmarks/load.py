@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_zip(path: str, n: int, captions: int, emb_dim: int, size: int) -> None:
-    from t2i.preprocessing import PreprocessedZipWriter
+    from t2i.data.preprocessing import PreprocessedZipWriter
 
     rng = np.random.default_rng(0)
     # Smooth colour fields plus grain: a stand-in for photos (the stored PNGs are uncompressed, so content
@@ -64,7 +64,7 @@ def course_style_load(path: str) -> int:
 def child(kind: str, path: str) -> None:
     start = time.perf_counter()
     if kind == "ours":
-        from t2i.zip_dataset import ZipDataset
+        from t2i.data.zip_dataset import ZipDataset
 
         dataset = ZipDataset(path, 3, progress=False)
         dataset[0]

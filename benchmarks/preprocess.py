@@ -9,15 +9,16 @@ preprocessing twice: with --batch_size B and decoding threads, and with --batch_
 from __future__ import annotations
 
 import argparse
-from argparse import Namespace
 import os
 import tempfile
+from argparse import Namespace
 
 import torch
 
-
 import preproc_datasets_celeba_zip_train
-from t2i import clip_utils, preprocessing, synthetic
+from t2i import clip_utils
+from t2i.data import preprocessing
+from t2i.synthetic import world
 
 
 def throughput(source: str, clip_path: str, dest: str, device: str, batch_size: int, workers: int, n: int,
@@ -41,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         clip_path = clip_utils.make_random_clip(os.path.join(folder, "vit_b_32_random.pt"), "vit-b-32", 512)
-        raw = synthetic.write_raw_dataset(folder, num_images=args.n, num_train=args.n, num_test=0, size=512,
+        raw = world.write_raw_dataset(folder, num_images=args.n, num_train=args.n, num_test=0, size=512,
                                                seed=0, long_captions=0.05)
         source, dest = raw["paths"]["source"], os.path.join(folder, "out.zip")
         # A short warm-up so both measurements start with loaded weights and warm kernels.

@@ -246,7 +246,7 @@ class TimedBatches:
 def galip_iterate(opts: Namespace, device: torch.device, clip_model: nn.Module) -> Iterate:
     """train_galip.train_step, with the models, optimizers and run --arch galip builds."""
     import train_galip
-    from t2i import options
+    from t2i.training import options
 
     args = options.complete(Namespace(
         arch="galip", amp=opts.amp, num_stage=opts.num_stage, g_in_chans=opts.g_in_chans,
@@ -264,8 +264,8 @@ def galip_iterate(opts: Namespace, device: torch.device, clip_model: nn.Module) 
 def ours_iterate(opts: Namespace, device: torch.device, clip_model: nn.Module | None) -> Iterate:
     """train.train_step, with the models, optimizers and run that train() builds."""
     import train
-    from t2i import options
-    from t2i.training_run import build_training
+    from t2i.training import options
+    from t2i.training.run import build_training
 
     args = options.complete(Namespace(
         amp=opts.amp, use_uncond_loss=opts.use_uncond_loss, use_contrastive_loss=opts.use_contrastive_loss,
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if opts.amp and opts.device == "cpu":  # refused on a CPU without bf16 instructions, in one line
         from t2i.errors import one_line_errors
-        from t2i.precision import precision_for
+        from t2i.training.precision import precision_for
 
         with one_line_errors():
             precision_for(torch.device("cpu"), True)

@@ -15,22 +15,21 @@ old epochs, stale temporary files are removed, and `--overwrite` moves another r
 from __future__ import annotations
 
 import glob
-import importlib
 import json
 import os
 import random
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from types import ModuleType
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from t2i.errors import T2IError
-from t2i.files import (make_folder, move_file, nonfinite_tensors, read_torch_file, remove_file,
-                       remove_stale_temp_files, write_error)
+from t2i.errors import T2IError, write_error
+from t2i.files import make_folder, move_file, read_torch_file, remove_file, remove_stale_temp_files
 
 HYPERPARAMETER_FILE = "hyperparameter.pt"
 MID_EPOCH_FILE = "mid_epoch_state.pt"
@@ -158,17 +157,6 @@ def read_run_record(checkpoint_path: str) -> dict | None:
         raise T2IError(f"{path}: unreadable ({type(err).__name__}); delete it to skip the checks it allows") from None
 
 
-# The module each --arch's checkpoints load into: the one submitted as network.py.
-ARCH_MODULES = {"stackgan": "network", "galip": "network_galip"}
-
-
-def network_module(arch: str) -> ModuleType:
-    """The models' module of an architecture (--arch)."""
-    if arch not in ARCH_MODULES:
-        raise T2IError(f"--arch {arch}: one of {sorted(ARCH_MODULES)}")
-    return importlib.import_module(ARCH_MODULES[arch])
-
-
 def run_arch(checkpoint_path: str) -> str:
     """The architecture a checkpoint folder was trained as (run_options.json's --arch); stackgan for a folder
     without that record (the course's code, or a version before --arch)."""
@@ -176,16 +164,25 @@ def run_arch(checkpoint_path: str) -> str:
     return ((record or {}).get("options") or {}).get("arch", "stackgan")
 
 
-def build_generator(hyp: dict, device: torch.device | str, arch: str = "stackgan") -> nn.Module:
-    """The generator exactly as the graders build it from hyperparameter.pt (with `arch`'s network.py)."""
-    return network_module(arch).Generator(hyp["clip_embedding_dim"], hyp["projection_dim"], hyp["noise_dim"],
-                                          hyp["g_in_chans"], hyp["g_out_chans"], hyp["num_stage"], device)
+def network_of(checkpoint_path: str, networks: Mapping[str, ModuleType]) -> ModuleType:
+    """The models' module a checkpoint folder loads into, out of `networks` (--arch -> module: models.NETWORKS)."""
+    arch = run_arch(checkpoint_path)
+    if arch not in networks:
+        raise T2IError(f"{checkpoint_path}: trained as --arch {arch}, which this program cannot load (it knows "
+                       f"{sorted(networks)})")
+    return networks[arch]
 
 
-def build_discriminator(hyp: dict, stage: int, device: torch.device | str, arch: str = "stackgan") -> nn.Module:
+def build_generator(hyp: dict, device: torch.device | str, network: ModuleType) -> nn.Module:
+    """The generator exactly as the graders build it from hyperparameter.pt, with `network` as network.py."""
+    return network.Generator(hyp["clip_embedding_dim"], hyp["projection_dim"], hyp["noise_dim"], hyp["g_in_chans"],
+                             hyp["g_out_chans"], hyp["num_stage"], device)
+
+
+def build_discriminator(hyp: dict, stage: int, device: torch.device | str, network: ModuleType) -> nn.Module:
     """Stage `stage`'s discriminator exactly as the graders build it from hyperparameter.pt."""
-    return network_module(arch).Discriminator(hyp["projection_dim"], hyp["g_out_chans"], hyp["d_in_chans"],
-                                              hyp["d_out_chans"], hyp["clip_embedding_dim"], stage, device)
+    return network.Discriminator(hyp["projection_dim"], hyp["g_out_chans"], hyp["d_in_chans"], hyp["d_out_chans"],
+                                 hyp["clip_embedding_dim"], stage, device)
 
 
 def describe_mismatch(model: nn.Module, state: dict) -> str:
@@ -204,6 +201,23 @@ def describe_mismatch(model: nn.Module, state: dict) -> str:
 def epoch_of(path: str) -> int | None:
     match = re.fullmatch(r"epoch_(\d+)_.*\.pt", os.path.basename(path))
     return int(match.group(1)) if match else None
+
+
+def nonfinite_tensors(state: object, prefix: str = "") -> list[str]:
+    """The keys of floating-point tensors in `state` that hold NaN or Inf; nested dicts and lists (optimizer and
+    training states) are searched too, their keys joined with dots."""
+    if isinstance(state, torch.Tensor):
+        return [prefix or "tensor"] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return found
 
 
 def last_clean_epoch(checkpoint_path: str, num_stage: int, before: int | None = None) -> int | None:
@@ -267,10 +281,12 @@ def load_weights(G: nn.Module, D_list: list[nn.Module], checkpoint_path: str, ep
         load_state_file(D, discriminator_file(checkpoint_path, epoch, stage), num_stage)
 
 
-def load_generator(checkpoint_path: str, epoch: int, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the generator from hyperparameter.pt, load epoch `epoch` strictly, return it in eval mode."""
+def load_generator(checkpoint_path: str, epoch: int, device: torch.device | str = "cpu", *,
+                   networks: Mapping[str, ModuleType]) -> tuple[nn.Module, dict]:
+    """Rebuild the generator from hyperparameter.pt (with the module of its --arch out of `networks`), load epoch
+    `epoch` strictly, return it in eval mode."""
     hyp = read_hyperparameters(checkpoint_path)
-    generator = build_generator(hyp, "cpu", run_arch(checkpoint_path))
+    generator = build_generator(hyp, "cpu", network_of(checkpoint_path, networks))
     path = generator_file(checkpoint_path, epoch)
     if not os.path.isfile(path):
         available = complete_epochs(checkpoint_path, hyp["num_stage"])

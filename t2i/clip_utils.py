@@ -219,3 +219,41 @@ def make_random_clip(path: str, preset: str = "tiny", embed_dim: int = 512, seed
         torch.random.set_rng_state(generator_state)
     torch.save(model.state_dict(), path)
     return path
+
+
+# Every artefact records the CLIP that made it (`clip_identity`: name, weight fingerprint, embedding size): a
+# preprocessed zip in its settings, a checkpoint folder in run_options.json, an evaluation report in its JSON.
+# Every consumer compares what it is given with `check_same_clip`: a train zip against --clip_model and the
+# checkpoints it resumes, a test zip against the checkpoint, a checkpoint against the CLIP that encodes prompts.
+# A mismatch stops with one line; `--allow_clip_mismatch` accepts it on purpose.
+ALLOW_FLAG = "--allow_clip_mismatch"
+
+
+def describe_clip(identity: dict) -> str:
+    return (f"CLIP {identity.get('name')} (fingerprint {identity.get('fingerprint')}, "
+            f"{identity.get('embedding_dim')}-d)")
+
+
+def clip_mismatch(made: dict | None, made_what: str, used: dict | None, used_what: str) -> str | None:
+    """The one-line reason why `used` is not the CLIP that made `made_what`, or None when they agree or one of
+    them is unknown (an artefact of the course's code records none)."""
+    if not made or not used or not made.get("fingerprint") or not used.get("fingerprint"):
+        return None
+    if made["fingerprint"] == used["fingerprint"]:
+        return None
+    return (f"{made_what} was made with {describe_clip(made)} but {used_what} is {describe_clip(used)}: their "
+            f"embeddings live in different spaces; give the same CLIP, or pass {ALLOW_FLAG} if this is on purpose")
+
+
+def check_same_clip(made: dict | None, made_what: str, used: dict | None, used_what: str, allow: bool) -> None:
+    """Refuse (unless `allow`) a CLIP other than the one that made an artefact: nothing else would notice."""
+    reason = clip_mismatch(made, made_what, used, used_what)
+    if reason is not None and not allow:
+        raise T2IError(reason)
+
+
+def check_clip_matches(data_clip: dict | None, clip_model: torch.nn.Module | None, what: str, allow: bool) -> None:
+    """`check_same_clip` of an artefact against a loaded CLIP model (given by --clip_model)."""
+    if clip_model is not None:
+        used = clip_identity_of(clip_model)
+        check_same_clip(data_clip, what, used, f"--clip_model {used['name']}", allow)

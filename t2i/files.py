@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import errno
 import math
 import os
 import re
@@ -22,59 +21,12 @@ from typing import BinaryIO
 
 import torch
 
-from t2i.errors import T2IError
+from t2i.errors import T2IError, cause_and_remedy, os_error, write_error
 
 TEMP_PATTERN = re.compile(r"(?P<target>.+)\.tmp-(?P<pid>\d+)")
 
-# What an OSError's errno means to a user, and what to do about it.
-WRITE_FAILURES = {
-    errno.ENOSPC: ("the disk is full", "free some space and run again"),
-    errno.EDQUOT: ("the disk quota is exhausted", "free some space and run again"),
-    errno.EROFS: ("the folder is on a read-only file system", "choose a writable folder"),
-    errno.EACCES: ("permission denied", "choose a folder you can write to"),
-    errno.EPERM: ("permission denied", "choose a folder you can write to"),
-    errno.EFBIG: ("the file is larger than this system allows", "free some space or choose another disk"),
-    errno.ENOENT: ("a folder on its path does not exist (was the drive unmounted?)",
-                   "check that the folder exists and run again"),
-    errno.ENOTDIR: ("a part of its path is a file, not a folder", "choose another path"),
-    errno.EEXIST: ("a file of that name is in the way", "choose another path"),
-    errno.EISDIR: ("it is a folder", "choose a file name"),
-    errno.EIO: ("an input/output error (a lost network drive?)", "check the drive and run again"),
-}
-
-
 def temp_path(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}"
-
-
-# Files of a training run's checkpoints: where a full disk can also be helped by --keep_last.
-CHECKPOINT_FILE = re.compile(r"(epoch_\d+_.*|mid_epoch_state)\.pt")
-
-
-def _cause_and_remedy(err: BaseException, path: str | None = None) -> tuple[str, str]:
-    code = getattr(err, "errno", None)
-    if code is None and "unexpected pos" in str(err):  # torch's zip writer hitting a full disk
-        code = errno.ENOSPC
-    if code in WRITE_FAILURES:
-        cause, remedy = WRITE_FAILURES[code]
-        if code in (errno.ENOSPC, errno.EDQUOT) and path and CHECKPOINT_FILE.fullmatch(os.path.basename(path)):
-            remedy += " (--keep_last K keeps only the newest K epochs)"
-        return cause, remedy
-    text = getattr(err, "strerror", None) or (str(err).splitlines()[0] if str(err) else "")
-    return f"{type(err).__name__}: {text}", "check the folder and run again"
-
-
-def write_error(path: str, err: BaseException) -> T2IError:
-    """A one-line T2IError for a failed write of `path`."""
-    cause, remedy = _cause_and_remedy(err, path)
-    return T2IError(f"{path}: could not be written ({cause}); the previous file, if any, is unchanged; {remedy}")
-
-
-def os_error(err: OSError, action: str | None = None) -> T2IError:
-    """A one-line T2IError for any OSError: the file it names, the cause and what to do."""
-    name = err.filename if err.filename is not None else "a file operation"
-    cause, remedy = _cause_and_remedy(err, None if err.filename is None else str(name))
-    return T2IError(f"{name}: {action} ({cause}); {remedy}" if action else f"{name}: {cause}; {remedy}")
 
 
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
@@ -107,7 +59,7 @@ def make_folder(path: str, flag: str | None = None) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        cause, remedy = _cause_and_remedy(err)
+        cause, remedy = cause_and_remedy(err)
         if os.path.exists(path) and not os.path.isdir(path):
             cause, remedy = "a file of that name is in the way", "give a folder"
         label = f"{flag} {path}" if flag else path
@@ -129,7 +81,7 @@ def move_file(source: str, target: str) -> None:
     try:
         os.replace(source, target)
     except OSError as err:
-        cause, remedy = _cause_and_remedy(err)
+        cause, remedy = cause_and_remedy(err)
         raise T2IError(f"{source}: could not be moved to {target} ({cause}); {remedy}") from None
 
 
@@ -208,23 +160,6 @@ def read_torch_file(path: str, what: str, remedy: str) -> object:
             raise T2IError(f"{path}: the file is truncated (its end is missing: an interrupted write or copy); "
                            f"{remedy}") from None
         raise T2IError(f"{path}: not a PyTorch {what} file ({type(err).__name__}); {remedy}") from None
-
-
-def nonfinite_tensors(state: object, prefix: str = "") -> list[str]:
-    """The keys of floating-point tensors in `state` that hold NaN or Inf; nested dicts and lists (optimizer and
-    training states) are searched too, their keys joined with dots."""
-    if isinstance(state, torch.Tensor):
-        return [prefix or "tensor"] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
-    if isinstance(state, dict):
-        items = state.items()
-    elif isinstance(state, (list, tuple)):
-        items = enumerate(state)
-    else:
-        return []
-    found = []
-    for key, value in items:
-        found += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    return found
 
 
 def human_size(num_bytes: int) -> str:

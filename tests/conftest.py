@@ -29,7 +29,7 @@ def tiny_clip_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def inception_path(tmp_path_factory) -> str:
     """An Inception v3 (FID/IS) with random weights, 92 MB: written once for every test that needs one."""
-    from t2i import metrics
+    from t2i.evaluation import metrics
 
     return metrics.make_random_inception(str(tmp_path_factory.mktemp("inception") / "inception.pt"))
 
@@ -37,9 +37,9 @@ def inception_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory) -> dict:
     """A raw synthetic dataset: 30 ids (22 train, 6 test, 2 in neither), a fifth of the captions over 77 tokens."""
-    from t2i import synthetic
+    from t2i.synthetic import world
 
-    return synthetic.write_raw_dataset(str(tmp_path_factory.mktemp("raw")), num_images=30, num_train=22,
+    return world.write_raw_dataset(str(tmp_path_factory.mktemp("raw")), num_images=30, num_train=22,
                                             num_test=6, size=256, seed=0, long_captions=0.2)
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import main as train_main
+import network
 from benchmarks import conditional
-from t2i import attribute_score, checkpoints, clip_training, held_out
+from t2i import checkpoints
 from t2i.checkpoints import discriminator_file, generator_file
 from t2i.generation import encode_prompt, generate
-
+from t2i.synthetic import attribute_score, clip_training, held_out
 
 
 def image_tensor(image: PIL.Image.Image) -> torch.Tensor:
@@ -121,10 +122,10 @@ def test_every_improvement_flag_trains_and_keeps_the_contract(flags, preprocesse
     # The graders' path: models built positionally from hyperparameter.pt, state dicts loaded strictly.
     hyp = torch.load(os.path.join(checkpoint_path, "hyperparameter.pt"), weights_only=True)
     assert set(checkpoints.HYPERPARAMETER_KEYS) <= set(hyp)
-    generator = checkpoints.build_generator(hyp, "cpu")
+    generator = checkpoints.build_generator(hyp, "cpu", network)
     generator.load_state_dict(torch.load(generator_file(checkpoint_path, 0), weights_only=True), strict=True)
     for stage in range(num_stage):
-        discriminator = checkpoints.build_discriminator(hyp, stage, "cpu")
+        discriminator = checkpoints.build_discriminator(hyp, stage, "cpu", network)
         discriminator.load_state_dict(torch.load(discriminator_file(checkpoint_path, 0, stage), weights_only=True),
                                       strict=True)
     images = generate(generator.eval(), torch.nn.functional.normalize(torch.randn(1, 512), dim=-1), 100, 2,
@@ -143,7 +144,7 @@ def test_a_lone_flag_is_taken_as_the_value_of_train_args():
                                                            "g_in_chans": 128, "d_in_chans": 16}),
                                              ("galip", {"g_lr": 1e-3, "d_lr": 1e-3, "g_in_chans": 64})])
 def test_each_architecture_trains_at_the_benchmarks_widths_and_learning_rates(arch, expected):
-    from t2i import options
+    from t2i.training import options
 
     argv = conditional.fixed_train_args(conditional.build_parser().parse_args(["--arch", arch])).split()
     completed = options.complete(options.parse(argv, "benchmark"))
@@ -154,7 +155,7 @@ def test_each_architecture_trains_at_the_benchmarks_widths_and_learning_rates(ar
 
 def test_benchmark_clip_training_lowers_the_loss_and_saves_a_loadable_clip(tmp_path):
     from t2i import clip_utils
-    from t2i import synthetic as synthetic_data
+    from t2i.synthetic import world as synthetic_data
 
     rng = np.random.default_rng(0)
     combos = held_out.all_combinations()[::19][:8]

@@ -95,7 +95,7 @@ def test_course_main_resumes_our_train_py_after_the_given_epoch(course_training)
 
 
 def test_course_main_at_its_own_defaults_trains_the_guideline_and_records_every_option(course_defaults_training):
-    from t2i import options
+    from t2i.training import options
 
     workdir = course_defaults_training["workdir"]
     files = set(os.listdir(os.path.join(workdir, "model_exp1")))

@@ -9,13 +9,16 @@ import os
 
 import pytest
 import torch
+from conftest import preprocess
 
 import check_submission
 import generate_image
 import main
-from conftest import preprocess
-from t2i import clip_utils, metrics, precision, training_run
-from t2i.precision import Precision
+from t2i import clip_utils
+from t2i.evaluation import metrics
+from t2i.training import precision
+from t2i.training import run as training_run
+from t2i.training.precision import Precision
 
 HAS_CUDA = torch.cuda.is_available()
 

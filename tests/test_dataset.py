@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from read_dataset import ZipDataset
+from t2i.data.images import stage_images_from_uint8
+from t2i.data.png import decode_png, encode_png
 from t2i.errors import T2IError
-from t2i.image_ops import decode_png, encode_png, stage_images_from_uint8
 
 
 def normalize(x):

@@ -9,8 +9,8 @@ import torch
 
 import demo
 from network import Generator, weight_init
-from t2i.held_out import combination_key, split_combinations
-from t2i.zip_dataset import ZipDataset
+from t2i.data.zip_dataset import ZipDataset
+from t2i.synthetic.held_out import combination_key, split_combinations
 
 
 def test_quick_demo_runs_end_to_end(demo_quick_run):

@@ -1,4 +1,4 @@
-"""Training on several processes (t2i/distributed.py), on the CPU with Gloo and two processes.
+"""Training on several processes (t2i/training/distributed.py), on the CPU with Gloo and two processes.
 
 Two processes at batch B must train as one process at batch 2B: the same losses and weights to float rounding
 (synchronised BatchNorm, gathered negatives, summed gradients, the global batch's noise). End to end under
@@ -18,9 +18,13 @@ import torch
 import torch.multiprocessing as mp
 
 import main
+import network
 import train
-from t2i import batching, checkpoints, distributed, harness, options
-from t2i.training_run import build_training
+from models import NETWORKS
+from t2i import checkpoints, harness
+from t2i.data import batching
+from t2i.training import distributed, options
+from t2i.training.run import build_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "The woman is young and has blond hair, and arched eyebrows."
@@ -259,9 +263,9 @@ def test_process_0_writes_the_contract_files_and_prints_the_global_batch(straigh
     hyp = checkpoints.read_hyperparameters(checkpoint_path)
     assert hyp["batch_size"] == 4  # the contract's: images per process
     for stage in range(3):  # strictly, as the graders load them: no `module.` prefix, the same keys
-        checkpoints.load_state_file(checkpoints.build_discriminator(hyp, stage, "cpu"),
+        checkpoints.load_state_file(checkpoints.build_discriminator(hyp, stage, "cpu", network),
                                     os.path.join(checkpoint_path, f"epoch_1_Dis_{stage}.pt"))
-    checkpoints.load_generator(checkpoint_path, 1)
+    checkpoints.load_generator(checkpoint_path, 1, networks=NETWORKS)
     state = checkpoints.read_training_state(os.path.join(checkpoint_path, "epoch_1_state.pt"))
     assert state["world_size"] == 2 and len(state["processes"]["rng"]) == 2
     output = straight_run["result"].stdout

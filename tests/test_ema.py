@@ -4,11 +4,14 @@ import copy
 import torch
 
 import main
+import network
+from models import NETWORKS
 from network import Generator
 from read_dataset import ZipDataset
-from t2i import checkpoints, options
-from t2i.ema import GeneratorEMA, recompute_batchnorm
-from t2i.training_run import BATCHNORM_SEED, TrainingRun
+from t2i import checkpoints
+from t2i.training import options
+from t2i.training.ema import GeneratorEMA, recompute_batchnorm
+from t2i.training.run import BATCHNORM_SEED, TrainingRun
 
 
 def batchnorm_inputs(model: torch.nn.Module, make_batches, seed: int) -> dict[str, list[torch.Tensor]]:
@@ -87,8 +90,8 @@ def test_the_saved_ema_generator_holds_statistics_of_its_own_weights(preprocesse
                str(folder), "--result_path", str(tmp_path / "results"), "--num_stage", "1", "--clip_model",
                tiny_clip_path, "--g_in_chans", "64", "--d_in_chans", "4", "--recipe", "fast", "--ema",
                "--device", "cpu"])
-    saved, hyp = checkpoints.load_generator(str(folder), 0)
-    raw = checkpoints.build_generator(hyp, "cpu")
+    saved, hyp = checkpoints.load_generator(str(folder), 0, networks=NETWORKS)
+    raw = checkpoints.build_generator(hyp, "cpu", network)
     raw.load_state_dict(torch.load(folder / "epoch_0_state.pt", weights_only=True)["trainer"]["raw_generator"])
     # The batches the run measured on, drawn again as TrainingRun draws them.
     args = options.complete(options.parse(["--batch_size", "4", "--noise_dim", "8"], "test"))

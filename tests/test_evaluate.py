@@ -19,8 +19,9 @@ import torch_fidelity
 
 import evaluate
 import network
-from t2i import evaluation, metrics
 from t2i.errors import T2IError
+from t2i.evaluation import evaluator as evaluation
+from t2i.evaluation import metrics
 from train_utils import save_hyp, save_model
 
 NUM_IMAGES = 10

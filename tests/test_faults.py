@@ -18,17 +18,20 @@ import zipfile
 
 import pytest
 import torch
+from conftest import preprocess as run_preprocessing
+from reliability_helpers import (copy_folder, dead_pid, fail_writes_under, make_checkpoint, one_line_exit, python,
+                                 train_argv, tree, write_mid_epoch_snapshot)
 
 import check_submission
 import generate_image
 import main
-from conftest import preprocess as run_preprocessing
-from reliability_helpers import (copy_folder, dead_pid, fail_writes_under, make_checkpoint, one_line_exit, python,
-                                 train_argv, tree, write_mid_epoch_snapshot)
-from t2i import checkpoints, clip_utils, options, plots, preprocessing
+from models import NETWORKS
+from t2i import checkpoints, clip_utils, plots
+from t2i.data import preprocessing
 from t2i.errors import T2IError
 from t2i.files import atomic_save, atomic_write_text
-from t2i.loss_log import LossLog
+from t2i.training import options
+from t2i.training.log import LossLog
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -333,7 +336,7 @@ def test_4_a_run_killed_during_a_save_loses_nothing_and_the_next_run_cleans_only
     stale = f"epoch_1_Gen.pt.tmp-{process.pid}"
     names = set(os.listdir(ckpt))
     assert stale in names and "epoch_1_Gen.pt" not in names and checkpoints.complete_epochs(str(ckpt), 1) == [0]
-    checkpoints.load_generator(str(ckpt), 0)  # the last complete epoch is whole
+    checkpoints.load_generator(str(ckpt), 0, networks=NETWORKS)  # the last complete epoch is whole
     # Files that are not ours, or are being written by a live process, must survive the cleanup.
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:

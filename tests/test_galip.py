@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from t2i import clip_utils
 import galip_losses as gl
 import network_galip
-from network_galip import (Affine, DBlock, Discriminator, Generator, generator_channels, weight_init)
+from network_galip import Affine, DBlock, Discriminator, Generator, generator_channels, weight_init
+from t2i import clip_utils
 from train_utils import denormalize_image, load_checkpoint, save_hyp, save_model
 
 CLIP_DIM, PROJ, NOISE = 512, 128, 100
@@ -398,8 +398,8 @@ def galip_argv(data, root, clip_path, epochs, *extra, stages=1):
 
 
 def test_arch_option_defaults_and_validation():
-    from t2i import options
     from t2i.errors import T2IError
+    from t2i.training import options
 
     course = argparse.Namespace(learning_rate=2e-4, num_stage=3)
     galip = options.complete(course, network_arch="galip")

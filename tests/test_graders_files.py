@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import textwrap
 import zipfile
 from argparse import Namespace
@@ -22,7 +21,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision.transforms as T
 
 from t2i import harness

@@ -56,7 +56,7 @@ def test_contrastive_loss_g_uses_clip_image_features(tiny_clip_path):
 
 
 def test_clip_view_is_the_clip_transform_and_custom_reshape_chain():
-    from t2i.image_ops import clip_view
+    from t2i.data.images import clip_view
     from train_utils import clip_transform, custom_reshape
 
     for side in (64, 256):  # upsampled (the 64 px stage) and antialiased downsampling (the 256 px stage)

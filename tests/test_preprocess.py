@@ -12,11 +12,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
 from conftest import preprocess as run_command
+
 from t2i import clip_utils
-from t2i import preprocessing as preprocess
-from t2i.image_ops import decode_png
+from t2i.data import preprocessing as preprocess
+from t2i.data.png import decode_png
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

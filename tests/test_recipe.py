@@ -3,7 +3,7 @@ from argparse import Namespace
 
 import pytest
 
-from t2i import options
+from t2i.training import options
 
 
 def completed(*argv: str) -> Namespace:

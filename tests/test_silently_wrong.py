@@ -6,18 +6,21 @@ import os
 
 import pytest
 import torch
+from conftest import preprocess as run_preprocessing
+from reliability_helpers import (copy_folder, make_checkpoint, one_line_exit, poison, train_argv, tree,
+                                 write_mid_epoch_snapshot, write_run_record)
 
 import check_submission
 import evaluate
 import generate_image
 import main
 import train
-from conftest import preprocess as run_preprocessing
-from reliability_helpers import (copy_folder, make_checkpoint, one_line_exit, poison, train_argv, tree,
-                                 write_mid_epoch_snapshot, write_run_record)
-from t2i import clip_utils, evaluation, metrics, options
+from t2i import clip_utils
 from t2i.errors import T2IError
-from t2i.training_run import build_training
+from t2i.evaluation import evaluator as evaluation
+from t2i.evaluation import metrics
+from t2i.training import options
+from t2i.training.run import build_training
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -221,7 +224,7 @@ def identity(clip_path: str) -> dict:
 
 
 def test_2_every_artefact_records_its_clip(preprocessed_zips, zip_b, clip_b, tiny_clip_path, two_epochs):
-    from t2i.zip_dataset import ZipDataset
+    from t2i.data.zip_dataset import ZipDataset
 
     a, b = identity(tiny_clip_path), identity(clip_b)
     assert a["fingerprint"] != b["fingerprint"] and a["embedding_dim"] == b["embedding_dim"] == 512

@@ -11,8 +11,8 @@ import pytest
 
 import synthetic_data
 from t2i import clip_utils
-from t2i import preprocessing as preprocess
-from t2i import synthetic as sd
+from t2i.data import preprocessing as preprocess
+from t2i.synthetic import world as sd
 
 ALL_ATTRIBUTES = [dict(hair=h, background=b, skin=s, eyeglasses=g)
                   for h, b, s, g in itertools.product(sd.HAIR_COLOURS, sd.BACKGROUND_COLOURS, sd.SKIN_TONES,

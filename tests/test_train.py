@@ -7,10 +7,13 @@ import pytest
 import torch
 
 import main
+import network
 import train
-from t2i import checkpoints, options
+from models import NETWORKS
+from t2i import checkpoints
 from t2i.files import atomic_save
-from t2i.training_run import TrainingRun, build_training
+from t2i.training import options
+from t2i.training.run import TrainingRun, build_training
 
 
 def train_argv(data, checkpoint_path, result_path, clip_path, epochs, *extra, stages=1):
@@ -59,10 +62,10 @@ def test_one_epoch_writes_exactly_the_contract_files(run, tmp_path):
                    "use_uncond_loss": True, "use_contrastive_loss": True, "batch_size": 4, "num_epochs": 1,
                    "learning_rate": 2e-4, "g_in_chans": 64, "g_out_chans": 3, "d_in_chans": 4, "d_out_chans": 1}
     assert sorted(os.listdir(tmp_path / "one" / "results")) == ["epoch_0.png", "loss_curve.png"]
-    G = checkpoints.build_generator(hyp, "cpu")
+    G = checkpoints.build_generator(hyp, "cpu", network)
     G.load_state_dict(tensors(checkpoint_path / "epoch_0_Gen.pt"))
     for stage in range(3):
-        checkpoints.build_discriminator(hyp, stage, "cpu").load_state_dict(
+        checkpoints.build_discriminator(hyp, stage, "cpu", network).load_state_dict(
             tensors(checkpoint_path / f"epoch_0_Dis_{stage}.pt"))
     log = (checkpoint_path / "loss_log.csv").read_text().splitlines()
     header = log[0].split(",")
@@ -203,9 +206,9 @@ def test_repeated_non_finite_losses_stop_training_naming_the_last_good_checkpoin
 def test_every_option_trains_and_keeps_the_contract(run, flags):
     folder = run("options", 1, *flags, stages=2)
     hyp = checkpoints.read_hyperparameters(str(folder))
-    checkpoints.load_generator(str(folder), 0)
+    checkpoints.load_generator(str(folder), 0, networks=NETWORKS)
     for stage in range(2):
-        checkpoints.build_discriminator(hyp, stage, "cpu").load_state_dict(
+        checkpoints.build_discriminator(hyp, stage, "cpu", network).load_state_dict(
             tensors(folder / f"epoch_{0}_Dis_{stage}.pt"))
 
 
@@ -299,7 +302,7 @@ def test_train_runs_from_the_course_main_namespace(preprocessed_zips, tmp_path):
     train.train(args)
     hyp = checkpoints.read_hyperparameters(str(tmp_path / "ck"))
     assert (hyp["g_in_chans"], hyp["d_in_chans"]) == (1024, 64)
-    checkpoints.load_generator(str(tmp_path / "ck"), 0)
+    checkpoints.load_generator(str(tmp_path / "ck"), 0, networks=NETWORKS)
 
 
 @pytest.mark.parametrize("change, message", [

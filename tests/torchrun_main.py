@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 import main  # noqa: E402
 from t2i.errors import T2IError  # noqa: E402
-from t2i.training_run import TrainingRun  # noqa: E402
+from t2i.training.run import TrainingRun  # noqa: E402
 
 
 def inject(rank: int, iteration: int, kind: str) -> None:

@@ -6,7 +6,7 @@ with gradient scaling, DiffAugment, mismatched captions, frozen discriminators i
 non-finite step that changes nothing (BatchNorm statistics restored), the EMA generator, reporting (progress
 bar, loss log) and mid-epoch snapshots. Per epoch: the resume state, evaluation, the loss log and curve,
 pruning. Per run: the checkpoint folder's checks, `run_options.json`, a one-line summary. Under torchrun, what the
-processes do together (`t2i/distributed.py`): synchronised BatchNorm, the global batch's noise and losses, summed
+processes do together (`t2i/training/distributed.py`): synchronised BatchNorm, the global batch's noise and losses, summed
 gradients, every process's random streams in the resume state, files from process 0 alone.
 """
 from __future__ import annotations
@@ -24,17 +24,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from network import Discriminator, Generator, weight_init
-from t2i import batching, checkpoints, distributed, options, plots
-from t2i.augment import diff_augment, parse_policy
-from t2i.ema import GeneratorEMA, recompute_batchnorm
+from t2i import checkpoints, plots
+from t2i.checkpoints import nonfinite_tensors
+from t2i.data import batching
 from t2i.errors import T2IError
-from t2i.evaluation import summary_line, write_report
-from t2i.files import atomic_save, atomic_write_text, nonfinite_tensors, remove_file
-from t2i.loss_log import LossLog
-from t2i.nonfinite import StepGuard, create_optimizer_state
-from t2i.precision import Precision, precision_for, step_optimizers
-from t2i.resume import ResumePoint
-
+from t2i.evaluation.evaluator import summary_line, write_report
+from t2i.files import atomic_save, atomic_write_text, remove_file
+from t2i.training import distributed, options
+from t2i.training.augment import diff_augment, parse_policy
+from t2i.training.ema import GeneratorEMA, recompute_batchnorm
+from t2i.training.log import LossLog
+from t2i.training.nonfinite import StepGuard, create_optimizer_state
+from t2i.training.precision import Precision, precision_for, step_optimizers
+from t2i.training.resume import ResumePoint
 
 # The EMA generator's BatchNorm statistics are measured on this many batches of training captions and fresh noise,
 # drawn with this seed: the same batches every time, so a resumed run saves what an uninterrupted one saves.
@@ -150,7 +152,7 @@ class TrainingRun:
         return self.precision.autocast()
 
     def global_noise(self) -> contextlib.AbstractContextManager:
-        """Under torchrun, the generator's noise is this process's rows of the global batch's (t2i/distributed.py)."""
+        """Under torchrun, the generator's noise is this process's rows of the global batch's (t2i/training/distributed.py)."""
         return self.processes.global_noise() if self.processes is not None else contextlib.nullcontext()
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
@@ -225,7 +227,7 @@ class TrainingRun:
 
     def update_generator(self, g_loss: torch.Tensor, optim_g: torch.optim.Optimizer) -> bool:
         """One generator step and the EMA update, taken when both of this iteration's losses are finite; otherwise
-        neither happens and the whole iteration is undone, the discriminators' step included (t2i/nonfinite.py).
+        neither happens and the whole iteration is undone, the discriminators' step included (t2i/training/nonfinite.py).
         Whether it was taken."""
         taken = self._update(g_loss, [optim_g], self.precision.scaler_g, also_required=self.d_taken)
         if not self.guard.restore_unless(taken):
@@ -277,7 +279,7 @@ class TrainingRun:
 
     def saved_generator(self) -> nn.Module:
         """The generator whose weights become epoch_N_Gen.pt: the EMA when enabled, with BatchNorm statistics
-        measured through the EMA itself (once per state of the weights; t2i/ema.py says why)."""
+        measured through the EMA itself (once per state of the weights; t2i/training/ema.py says why)."""
         if self.ema is None:
             return self.G
         if self.ema_statistics_at != self.num_updates and self.dataset is not None:

@@ -1,14 +1,14 @@
 """A synthetic world with held-out attribute combinations: can a model draw what no training image showed?
 
 Face-like drawings are fully determined by four attributes named in every caption (hair colour, background
-colour, skin tone, eyeglasses; `t2i.synthetic`), plus detail the captions never mention (mouth shape, a side
+colour, skin tone, eyeglasses; `t2i.synthetic.world`), plus detail the captions never mention (mouth shape, a side
 ornament), so a good generator has something to vary with the noise. A share of the 150 attribute combinations
 is held out: no training image shows them, yet every attribute value and every pair of values is still taught.
 The raw zip and split pickles are written in the layout of Multimodal CelebA-HQ, so they go through the real
 preprocessing.
 
 Used by the demo (`demo.py`) and the conditional benchmark (`benchmarks/conditional.py`); the scoring of
-generated images is `t2i.attribute_score`.
+generated images is `t2i.synthetic.attribute_score`.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
-from t2i import synthetic as sd
+from t2i.synthetic import world as sd
 
 ATTRIBUTES = ("hair", "background", "skin", "eyeglasses")
 VALUES = {"hair": tuple(sd.HAIR_COLOURS), "background": tuple(sd.BACKGROUND_COLOURS),

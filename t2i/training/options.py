@@ -222,7 +222,7 @@ def compare_with_saved(saved: dict[str, Any], args: argparse.Namespace) -> list[
 
 def validate(args: argparse.Namespace) -> None:
     """One-line T2IError for a value no run can use (checked before anything is written)."""
-    from t2i.augment import parse_policy
+    from t2i.training.augment import parse_policy
 
     at_least = {"batch_size": 2, "num_epochs": 1, "report_interval": 1, "noise_dim": 1, "projection_dim": 1,
                 "clip_embedding_dim": 1, "g_in_chans": 1, "d_in_chans": 1, "num_workers": 0,

@@ -1,7 +1,7 @@
 """Does a generated picture show what its caption asks for? Scoring by the pixel reader of the synthetic world.
 
 `synthetic.read_attributes` reads hair, background, skin and eyeglasses back from the pixels of any size; the
-share of attribute values drawn as asked, on captions of held-out combinations (`t2i.held_out`), is the figure
+share of attribute values drawn as asked, on captions of held-out combinations (`t2i.synthetic.held_out`), is the figure
 the demo prints and the conditional benchmark reports. Diversity (mean pairwise RMS pixel distance between the
 samples of one caption) tells a generator that follows the text apart from one that draws a single picture.
 """
@@ -14,9 +14,9 @@ import PIL.Image
 import torch
 
 from t2i import plots
-from t2i import synthetic as sd
 from t2i.generation import generate
-from t2i.held_out import ATTRIBUTES, VALUES, render_varied
+from t2i.synthetic import world as sd
+from t2i.synthetic.held_out import ATTRIBUTES, VALUES, render_varied
 
 CHANCE = {name: 1 / len(values) for name, values in VALUES.items()}
 CHANCE["overall"] = float(np.mean(list(CHANCE.values())))

@@ -41,12 +41,12 @@ import torch
 from tqdm import tqdm
 
 from t2i import clip_utils
+from t2i.data.images import clip_normalize, random_crop_resize
+from t2i.data.png import encode_png
+from t2i.data.zip_dataset import EMBEDDINGS_MEMBER, JSON_MEMBER
 from t2i.devices import resolve_device
-from t2i.errors import T2IError
-from t2i.files import (atomic_write_text, make_folder, os_error, remove_file, remove_stale_temp_files, temp_path,
-                       write_error)
-from t2i.image_ops import clip_normalize, encode_png, random_crop_resize
-from t2i.zip_dataset import EMBEDDINGS_MEMBER, JSON_MEMBER
+from t2i.errors import T2IError, os_error, write_error
+from t2i.files import atomic_write_text, make_folder, remove_file, remove_stale_temp_files, temp_path
 
 # EMBEDDINGS_MEMBER, the binary embeddings: an uncompressed .npz (no pickled objects) holding
 #   names [N] str (PNG member names), ids [N] str (raw dataset ids), img_emb [N, D] float32,

@@ -1,4 +1,4 @@
-"""A small CLIP trained contrastively on the synthetic world's images and captions (`t2i.held_out`).
+"""A small CLIP trained contrastively on the synthetic world's images and captions (`t2i.synthetic.held_out`).
 
 A random-weight CLIP gives a text encoder but no image-text signal: similar captions do not land close, and L_ConG
 (the CLIP loss on generated images) means nothing. Where the pretrained ViT-B/32 cannot be loaded (offline), the
@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from t2i import clip_utils
+from t2i.data.images import clip_normalize, clip_view
 from t2i.generation import encode_prompt
-from t2i.held_out import ATTRIBUTES, VALUES, all_combinations, combination_key, held_out_captions, read_raw_split
-from t2i.image_ops import clip_normalize, clip_view
+from t2i.synthetic.held_out import (ATTRIBUTES, VALUES, all_combinations, combination_key, held_out_captions,
+                                    read_raw_split)
 
 # Two 128-wide layers in the image tower: the second layer's class token can then gather position-specific
 # colour features (hair at the top, background in the corners, glasses in the middle) made by the first.
@@ -160,7 +161,7 @@ def glasses_twins() -> dict[int, int]:
 
 def make_trained_clip(path: str, raw: dict, test_combos: list[dict], steps: int, seed: int, image_size: int = 64,
                       glasses_pairs: bool = False, **train_options) -> dict:
-    """Train TRAINED_CLIP on the training split of `t2i.held_out.write_raw`'s dataset `raw` (its images at
+    """Train TRAINED_CLIP on the training split of `t2i.synthetic.held_out.write_raw`'s dataset `raw` (its images at
     `image_size` px; with `glasses_pairs`, in batches of eyeglasses twins; `train_options` go to train_clip) and
     save its state dict to `path` for `clip_utils.load_clip`. Return a summary: losses, time, the top-1 retrieval
     accuracy of the held-out combinations' test images among fresh captions of those combinations, and the

@@ -7,7 +7,7 @@ torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; `launched()` (entered by `train`)
 with one process, changes nothing: no process group, no collective, no extra work. With N > 1 processes:
 
 * Data: `get_dataloader` gives process r the rows r, r+N, ... of every global batch of `--batch_size * N`
-  (`t2i/batching.py`), so an epoch still shows every image once, in the exact, resumable order.
+  (`t2i/data/batching.py`), so an epoch still shows every image once, in the exact, resumable order.
 * Gradients: this module sums them itself, with one all_reduce of one flat buffer per optimizer step, after the
   backward, rather than through DistributedDataParallel. The discriminators run through `trunk`/`heads`, several
   times per backward (real, fake, mismatched), frozen in the generator's step; DDP's hooks want one `forward` per
@@ -50,7 +50,7 @@ from torch.overrides import TorchFunctionMode
 
 from t2i.devices import resolve_device
 from t2i.errors import T2IError
-from t2i.precision import step_optimizers
+from t2i.training.precision import step_optimizers
 
 NOISE_SEED = 0  # the course's seed: the shared noise generator starts from it
 # Process 0 may evaluate (--eval_every) while the others wait at the end of the epoch: longer than the backends'

@@ -25,16 +25,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_inceptionv3 import (URL_INCEPTION_V3, BasicConv2d, FeatureExtractorInceptionV3,
-                                                          InceptionA, InceptionB, InceptionC, InceptionD,
-                                                          InceptionE_1, InceptionE_2)
+                                                          InceptionA, InceptionB, InceptionC, InceptionD, InceptionE_1,
+                                                          InceptionE_2)
 from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from tqdm import tqdm
 
+from t2i.data.images import clip_normalize, clip_resize
 from t2i.errors import T2IError
 from t2i.files import read_torch_file, torch_file_problem
-from t2i.image_ops import clip_normalize, clip_resize
 
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name for its TF-compatible InceptionV3
 FID_LAYER = "2048"  # torch-fidelity's default feature layers for FID/KID and for IS

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from t2i import checkpoints, distributed, options
+from t2i import checkpoints
 from t2i.errors import T2IError
 from t2i.files import make_folder
+from t2i.training import distributed, options
 
 
 @dataclass

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from t2i.precision import skips_on_device, step_unless_found_inf
+from t2i.training.precision import skips_on_device, step_unless_found_inf
 
 
 def _batchnorm_buffers(models: list[nn.Module]) -> list[torch.Tensor]:

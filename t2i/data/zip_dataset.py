@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from t2i.data.images import stage_images_from_uint8
+from t2i.data.png import decode_png
 from t2i.errors import T2IError
-from t2i.image_ops import decode_png, stage_images_from_uint8
 
 JSON_MEMBER = "dataset.json"
 EMBEDDINGS_MEMBER = "embeddings.npz"

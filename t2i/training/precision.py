@@ -87,7 +87,7 @@ def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
     `found_inf` as the gradient scaler hands it to them (the scaler's own check of the gradients, with loss
     scaling; else the loss's). Any other optimizer (a plain `train_step`'s) is stepped only after the host has
     read the flag. Among several processes, `reduce` runs between the backward and the steps
-    (t2i/distributed.py): it sums the gradients over the processes and returns whether every process's loss
+    (t2i/training/distributed.py): it sums the gradients over the processes and returns whether every process's loss
     was finite."""
     finite = torch.isfinite(loss.detach())
     if also_required is not None:

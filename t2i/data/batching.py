@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from t2i.image_ops import stage_images_from_uint8
+from t2i.data.images import stage_images_from_uint8
 
 SEED = 0  # the course fixes the seed at 0: the data order draws from it
 

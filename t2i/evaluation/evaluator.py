@@ -28,15 +28,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from network import Generator
-from t2i import clip_utils, metrics, plots
-from t2i.datasets import check_clip_matches, check_same_clip
+from t2i import clip_utils, plots
+from t2i.data.zip_dataset import ZipDataset
 from t2i.errors import T2IError
+from t2i.evaluation import metrics
+from t2i.evaluation.metrics import (IS_SPLITS, clip_image_embeddings, clip_score, fidelity_metrics, inception_features,
+                                    load_inception)
 from t2i.files import atomic_write_text, make_folder
-from t2i.metrics import (IS_SPLITS, clip_image_embeddings, clip_score, fidelity_metrics, inception_features,
-                         load_inception)
 from t2i.plots import to_uint8
-from t2i.zip_dataset import ZipDataset
 
 GRID_IMAGES = 64
 GRID_COLUMNS = 8
@@ -140,7 +139,7 @@ class Evaluator:
         return self._real_clip_score
 
     @torch.no_grad()
-    def generate(self, generator: Generator) -> torch.Tensor:
+    def generate(self, generator: nn.Module) -> torch.Tensor:
         """One uint8 [3, S, S] image per selected test image (S: the test images' size), from its caption."""
         if generator.text_embedding_dim != self.dataset.embedding_dim:
             raise T2IError(
@@ -172,7 +171,7 @@ class Evaluator:
                 generator.train(was_training)
         return torch.cat(images)
 
-    def __call__(self, generator: Generator, grid_path: str | None = None) -> dict:
+    def __call__(self, generator: nn.Module, grid_path: str | None = None) -> dict:
         """Generate and score; save a grid of the first 64 generated images at `grid_path` when given."""
         started = time.time()
         generated_size = 64 * 2 ** (generator.num_stage - 1)
@@ -207,9 +206,9 @@ def make_training_evaluator(args: Namespace, clip_model: nn.Module | None, devic
     """The test-split evaluator for --eval_every, built once: the test zip, Inception and the real images'
     features are loaded a single time for the whole run. The test zip must come from the train zip's CLIP."""
     dataset = load_test_dataset(args.eval_data, args.clip_embedding_dim)
-    check_same_clip(dataset.settings.get("clip"), f"--eval_data {args.eval_data}", train_clip,
+    clip_utils.check_same_clip(dataset.settings.get("clip"), f"--eval_data {args.eval_data}", train_clip,
                     f"the CLIP of --train_data {args.train_data}", args.allow_clip_mismatch)
-    check_clip_matches(dataset.settings.get("clip"), clip_model, f"--eval_data {args.eval_data}",
+    clip_utils.check_clip_matches(dataset.settings.get("clip"), clip_model, f"--eval_data {args.eval_data}",
                        args.allow_clip_mismatch)
     return Evaluator(dataset, num_samples=args.eval_samples, batch_size=args.batch_size, device=device,
                      clip_model=clip_model, inception_weights=args.inception_weights, seed=0,

@@ -1,0 +1,1 @@
+"""Evaluation on the test split: FID, KID, IS and CLIP score (the standard protocol) and the graders' protocol."""

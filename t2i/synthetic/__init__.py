@@ -1,0 +1,1 @@
+"""The synthetic world of the tests, the demo and the benchmarks: face-like drawings whose captions say it all."""

@@ -1,0 +1,1 @@
+"""Training machinery behind train.py: options, the per-iteration settings, resume state, the log, EMA, torchrun."""
