@@ -65,10 +65,12 @@ class ConditioningAugmention(nn.Module):
         # Problem 2-(a). LeakyReLU rather than ReLU: a ReLU would pin log_sigma >= 0 (sigma >= 1) and mu >= 0.
         self.layer = nn.Sequential(nn.Linear(input_dim, 2 * emb_dim), nn.LeakyReLU(0.2))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Problem 2-(a)
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Problem 2-(a). `eps` (optional): the N(0, I) draw, given by training on several processes.
         mu, log_sigma = self.layer(x).chunk(2, dim=1)
-        condition = mu + torch.exp(log_sigma) * torch.randn_like(mu)
+        eps = torch.randn_like(mu) if eps is None else eps
+        condition = mu + torch.exp(log_sigma) * eps
         return condition, mu, log_sigma
 
 
@@ -232,10 +234,10 @@ class Generator(nn.Module):
             return Generator_type_2(self.in_chans // 16 // 2 ** (i - 1), self.condition_dim,
                                     self.num_res_layer_type2, self.device)
 
-    def forward(self, text_embedding: torch.Tensor, noise: torch.Tensor
+    def forward(self, text_embedding: torch.Tensor, noise: torch.Tensor, condition_noise: torch.Tensor | None = None
                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        # Problem 2-(e)
-        condition, mu, log_sigma = self.condition_aug(text_embedding)
+        # Problem 2-(e). `condition_noise`: the conditioning augmentation's eps, when the caller draws it.
+        condition, mu, log_sigma = self.condition_aug(text_embedding, condition_noise)
         fake_images = []
         out, out_image = self.g_layer[0](condition, noise)
         fake_images.append(out_image)

@@ -1,27 +1,30 @@
-"""The course skeleton's train.py, completed: the guideline's losses and the training loop.
+"""The course skeleton's train.py, completed: the guideline's losses, one epoch, and the training driver.
 
 Read top to bottom as the guideline: the contrastive losses (Problems 4-(c), 4-(d)), one stage's discriminator
 and generator losses (4-(b), 4-(a)), one epoch (`train_step`: the pseudo text feature 4-(f), the labels 4-(e),
-then phases 1-3), and `train(args)`. It runs under the course's own main.py too, whose Namespace holds only the
-course flags: every other option takes its default (`t2i/training/options.py`).
+then phase 1 with each discriminator's zero_grad / backward / step, phase 2 with the generator's, and phase 3, the
+report), the course's model as the driver uses it (`CourseModel`: the models, their initialisation and Adam, as
+the skeleton's train() builds them), and `train(args)`, the one training loop of both models. It runs under the
+course's own main.py too, whose Namespace holds only the course flags: every other option takes its default, and
+the defaults are the guideline's (`t2i/training/options.py`).
 
-What the skeleton does not have reaches `train_step` through `run` (`t2i/training/run.py`): mixed precision,
-the EMA generator, mismatched captions, DiffAugment, non-finite steps that change nothing, progress, the loss
-log and mid-epoch snapshots; under torchrun, training on several processes (`t2i/training/distributed.py`), with two marked
-hooks here: the contrastive negatives and the generator's noise come from the global batch. Where a line the
-skeleton gives had to change, a comment says why. The changes that make a step cost half the course's: one
-generator forward per iteration, the discriminators' step on detached fakes (no backward through G, no
-retain_graph), each discriminator's trunk run once per image batch and shared by its heads, and frozen
-discriminators in the generator's step.
+What the skeleton does not have is called where it happens, each from a module with one job: `StepSettings`
+(t2i/training/step.py: mixed precision, the non-finite skip, torchrun's global batch, the recipe's switches),
+`TrainingLog` (progress and loss log), `GeneratorEMA` (--ema), `RunState` (exact resume). Where a line the skeleton
+gives had to change, a comment says why. The changes that make a step cost half the course's: one generator
+forward per iteration, the discriminators' step on detached fakes (no backward through G, no retain_graph), each
+discriminator's trunk run once per image batch and shared by its heads, and frozen discriminators in the
+generator's step.
 
 `--arch galip` (or network.py being network_galip.py, under the course's main.py too) trains GALIP instead, the
-guideline's Problem 5: `train` hands the run to `train_galip.train` (its step, losses and optimizers).
+guideline's Problem 5: train_galip.GALIP brings its models, optimizers and epoch to the same driver.
 """
 from __future__ import annotations
 
 import os
 import time
 from argparse import Namespace
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -29,19 +32,23 @@ from PIL import Image
 from torch.nn import BCEWithLogitsLoss
 from torch.optim import Adam
 
-import train_galip
 from dataloader import get_dataloader
 from network import Discriminator, Generator, weight_init
 from read_dataset import ZipDataset
 from t2i import clip_utils
+from t2i.data.batching import position_loader, steps_per_epoch
 from t2i.data.checks import check_train_dataset, check_training_clips
 from t2i.data.images import clip_view
 from t2i.errors import T2IError, one_line_errors
-from t2i.evaluation.evaluator import make_training_evaluator
+from t2i.evaluation.evaluator import evaluate_epoch, make_training_evaluator
 from t2i.training import distributed, options
+from t2i.training.ema import GeneratorEMA
+from t2i.training.log import TrainingLog
+from t2i.training.precision import adam_options, step_if_finite
 from t2i.training.resume import check_output_folder, find_resume_point
-from t2i.training.run import TrainingRun, adam_options, init_conditioning_mu
 from t2i.training.samples import sample_conditions, save_sample_grid
+from t2i.training.state import RunState
+from t2i.training.step import StepSettings, frozen
 from train_utils import (KL_divergence, clip_preprocess, denormalize_image, gather_all, load_checkpoint, normalize,
                          save_hyp, save_model)
 
@@ -144,86 +151,203 @@ def G_loss(fake_image: torch.Tensor, model_D: Discriminator, loss_fn: nn.Module,
     return g_loss
 
 
+def pseudo_text_feature(img_feature: torch.Tensor, xi: float) -> torch.Tensor:
+    """LAFITE's fixed perturbations of the normalised image feature f, for language-free training (Problem 4-(f)):
+    h' = normalize(f + xi * eps * ||f|| / ||eps||), eps ~ N(0, I)."""
+    eps = torch.randn_like(img_feature)
+    return normalize(img_feature + xi * eps * img_feature.norm(dim=-1, keepdim=True) / eps.norm(dim=-1, keepdim=True))
+
+
 def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Generator,
                model_D_lst: list[Discriminator], optim_g: torch.optim.Optimizer,
                optim_d_lst: list[torch.optim.Optimizer], loss_fn: nn.Module, num_stage: int, use_uncond_loss: bool,
                use_contrastive_loss: bool, report_interval: int, clip_model: nn.Module | None, gamma: float,
-               lam: float, run: TrainingRun | None = None) -> tuple[float, float, torch.Tensor]:
+               lam: float, *, tau: float = 0.5, beta: float = 1.0, language_free: bool = False, xi: float = 0.1,
+               step: StepSettings | None = None, log: TrainingLog | None = None, ema: GeneratorEMA | None = None,
+               state: RunState | None = None) -> tuple[float, float, torch.Tensor]:
     """One epoch: the mean D and G losses of its steps, and the first batch's text features.
 
-    Without `run` the epoch runs as the course's code would: fp32, no EMA, no mismatch, no augmentation."""
-    run = run or TrainingRun.plain(torch.device(device), model_G, model_D_lst, optim_g, optim_d_lst)
+    The guideline's hyperparameters are arguments: gamma, lam (the skeleton's), tau, beta and, for language-free
+    training, xi. Without `step` the epoch runs as the course's code would: fp32, nothing switched on; without
+    `log` it reports nothing; `ema` (--ema) and `state` (mid-epoch snapshots) are optional."""
+    step = step or StepSettings.plain(torch.device(device), model_G, model_D_lst, optim_g, optim_d_lst)
+    log = log or TrainingLog()
+    steps_in_epoch = steps_per_epoch(train_loader) if state is not None else 0
+    model_G.train()
+    for model_D in model_D_lst:
+        model_D.train()
     d_loss_train, g_loss_train, num_steps = 0.0, 0.0, 0
     save_txt_feature = None
-    for iter, real_imgs, img_feature, txt_feature in run.batches(train_loader, num_stage):
+    for iter, real_imgs, img_feature, txt_feature in step.batches(train_loader, num_stage, log):
         if save_txt_feature is None:
             save_txt_feature = txt_feature
         BATCH_SIZE = txt_feature.shape[0]
 
         ################# Problem 4-(f) #################
-        # Language-free training (--language_free), LAFITE's fixed perturbations of the normalised image
-        # feature f: h' = normalize(f + xi * eps * ||f|| / ||eps||), eps ~ N(0, I), replaces the text feature.
-        if run.language_free:
-            eps = torch.randn_like(img_feature)
-            txt_feature = normalize(img_feature + run.xi * eps * img_feature.norm(dim=-1, keepdim=True)
-                                    / eps.norm(dim=-1, keepdim=True))
+        # Language-free training (--language_free): the pseudo text feature replaces the caption's.
+        if language_free:
+            txt_feature = pseudo_text_feature(img_feature, xi)
 
         ################# Problem 4-(e) #################
         d_fake_label = torch.zeros(BATCH_SIZE, dtype=torch.float32, device=device)
         d_real_label = torch.ones(BATCH_SIZE, dtype=torch.float32, device=device)
         g_label = torch.ones(BATCH_SIZE, dtype=torch.float32, device=device)
 
+        # A non-finite loss skips the iteration and changes nothing: what it could change is copied first.
+        step.guard.save()
+
         # Phase 1. Optimize Discriminator
-        run.begin_step()
-        with run.autocast():
+        with step.autocast():
             # One generator forward per iteration: phase 2 scores these same images (the skeleton draws anew).
-            # torchrun hook: z and the conditioning augmentation's eps are this process's rows of the global batch's.
-            with run.global_noise():
-                noise = torch.randn(BATCH_SIZE, noise_dim, device=device)
-                fake_images, mu, log_sigma = model_G(txt_feature, noise)
+            # torchrun: z and the conditioning augmentation's eps are this process's rows of the global batch's.
+            noise, condition_noise = step.draw_noise(BATCH_SIZE, noise_dim, model_G.condition_dim)
+            fake_images, mu, log_sigma = model_G(txt_feature, noise, condition_noise)
             # Detached fakes and mu: D's loss does not reach G, so no backward through G and no retain_graph.
-            wrong_mu = mu.detach().roll(1, dims=0) if run.mismatch else None
+            wrong_mu = mu.detach().roll(1, dims=0) if step.mismatch else None
             d_loss = 0
             for i in range(num_stage):
                 d_loss = d_loss + D_loss(real_imgs[i], fake_images[i].detach(), model_D_lst[i], loss_fn,
                                          use_uncond_loss, use_contrastive_loss, gamma, mu.detach(), txt_feature,
-                                         d_fake_label, d_real_label, tau=run.tau, wrong_mu=wrong_mu,
-                                         augment=run.augment, components=run.log("D", i))
-        # A non-finite loss skips this step, and the generator's after it, on the device (the host does not wait
-        # here); the iteration is then undone and changes nothing (t2i/training/nonfinite.py).
-        run.update_discriminators(d_loss, optim_d_lst)
+                                         d_fake_label, d_real_label, tau=tau, wrong_mu=wrong_mu,
+                                         augment=step.augment, components=log.components("D", i))
+        for optim_d in optim_d_lst:
+            optim_d.zero_grad(set_to_none=True)
+        step.scaled(d_loss, step.scaler_d).backward()
+        # Skipped on the device when d_loss is not finite (and then the generator's step too).
+        d_taken = step_if_finite(optim_d_lst, step.scaler_d, d_loss, processes=step.processes)
 
         # Phase 2. Optimize Generator
-        with run.frozen(model_D_lst), run.autocast():
+        with frozen(model_D_lst), step.autocast():
             # --detach_condition: D judges the image against a detached mu, so only the image can satisfy it.
-            condition = mu.detach() if run.detach_condition else mu
+            condition = mu.detach() if step.detach_condition else mu
             g_loss = 0
             for i in range(num_stage):
                 g_loss = g_loss + G_loss(fake_images[i], model_D_lst[i], loss_fn, use_uncond_loss,
                                          use_contrastive_loss, clip_model, gamma, lam, device, condition, txt_feature,
-                                         g_label, tau=run.tau, augment=run.augment,
-                                         clip_loss_min_size=run.clip_loss_min_size(fake_images),
-                                         components=run.log("G", i))
+                                         g_label, tau=tau, augment=step.augment,
+                                         clip_loss_min_size=step.clip_loss_min_size(fake_images),
+                                         components=log.components("G", i))
 
-        # Calculation of L_CA. Do NOT modify. (Its weight is --beta, 1.0 unless given; in fp32, since
+        # Calculation of L_CA. Do NOT modify. (Its weight is beta, 1.0 in the guideline; in fp32, since
         # exp(2 log_sigma) overflows fp16.)
         aug_loss = KL_divergence(mu.float(), log_sigma.float())
-        g_loss += (run.beta) * aug_loss
-        run.log("G", None)["kl"] = aug_loss
-        if not run.update_generator(g_loss, optim_g):
+        g_loss += (beta) * aug_loss
+        log.components("G", None)["kl"] = aug_loss
+        optim_g.zero_grad(set_to_none=True)
+        step.scaled(g_loss, step.scaler_g).backward()
+        taken = step_if_finite([optim_g], step.scaler_g, g_loss, also_required=d_taken,
+                               processes=step.processes)
+        # The one point of the iteration where the host reads from the device: was it taken? If not, the
+        # discriminators' step, the BatchNorm statistics and the scalers are put back as they were.
+        if not step.guard.restore_unless(taken):
+            what, loss = ("discriminator", d_loss) if not bool(d_taken) else ("generator", g_loss)
+            step.count_skip(what, loss, log.epoch, iter, state.advice if state is not None else lambda: "")
             continue
+        if ema is not None:
+            ema.update(model_G, step.num_updates)
+        step.count_update()
         d_loss_train += d_loss.detach()  # summed on the device: read once, after the epoch
         g_loss_train += g_loss.detach()
         num_steps += 1
 
         # Phase 3. Report
         if iter % report_interval == 0:
-            run.report(iter, d_loss, g_loss)
-        run.after_step(iter)
+            log.report(iter, d_loss, g_loss)
+        if state is not None:
+            state.after_step(iter, steps_in_epoch)
 
     d_loss_train = float(d_loss_train) / num_steps if num_steps else float("nan")
     g_loss_train = float(g_loss_train) / num_steps if num_steps else float("nan")
     return d_loss_train, g_loss_train, save_txt_feature
+
+
+def init_conditioning_mu(generator: Generator, std: float) -> None:
+    """--ca_init_std (in --recipe fast): re-draw the weights of conditioning augmentation's Linear that give mu
+    from N(0, std).
+
+    weight_init's N(0, 0.02) suits inputs whose elements have unit variance. The CA's input is a unit-norm CLIP
+    embedding (elements ~ 1/sqrt(D)), so under it mu differs by ~0.01 between captions while sigma starts at 1:
+    the text first reaches G almost as noise, and G is slow to use it. std 1 keeps the input's norm; 3 (the best
+    measured by benchmarks/conditional.py) starts mu's spread across captions above sigma. The log_sigma rows keep
+    weight_init's values, so sigma still starts at 1, the KL prior's value."""
+    condition_aug = generator.condition_aug
+    with torch.no_grad():
+        nn.init.normal_(condition_aug.layer[0].weight[:condition_aug.emb_dim], mean=0.0, std=std)
+
+
+class RunHelpers(NamedTuple):
+    """What a run adds to the skeleton's step, each with one job: train_step's keyword arguments."""
+    step: StepSettings         # precision, the non-finite skip, torchrun's global batch, the recipe's switches
+    log: TrainingLog           # the progress bar, loss_log.csv, the summary
+    ema: GeneratorEMA | None   # --ema: the average generator, saved as epoch_N_Gen.pt
+    state: RunState            # the resume state, mid-epoch snapshots
+
+
+def run_helpers(args: Namespace, device: torch.device, G: nn.Module, D_lst: list[nn.Module],
+                optim_g: torch.optim.Optimizer, optim_d_lst: list[torch.optim.Optimizer], dataset=None,
+                writes: bool = False) -> RunHelpers:
+    """The helpers of a run from its options, for models whose weights are loaded already (as train() builds
+    them; also for tools that call train_step themselves). `writes`: the log and the state write files."""
+    step = StepSettings.for_run(args, device, G, D_lst, optim_g, optim_d_lst)
+    ema = GeneratorEMA(G, args.ema_decay, dataset, args.batch_size, args.noise_dim) if args.ema else None
+    state = RunState(args, G, D_lst, optim_g, optim_d_lst, step, ema, writes=writes)
+    return RunHelpers(step, TrainingLog(writes=writes, processes=step.processes), ema, state)
+
+
+class CourseModel:
+    """The course's StackGAN++ as the training driver (`train` below) uses it: what differs between the models a
+    run can train. GALIP brings the same (train_galip.GALIP), as stylegan2-ada's loss objects do."""
+
+    g_out_chans = 3  # Fixed
+    d_out_chans = 1  # Fixed
+
+    def __init__(self, args: Namespace):
+        self.args = args
+        self.g_in_chans = args.g_in_chans  # Ng: 1024 in the course (--g_in_chans)
+        self.d_in_chans = args.d_in_chans  # Nd: 64 in the course (--d_in_chans)
+        # Logits and BCEWithLogitsLoss rather than the skeleton's sigmoid outputs and BCELoss: autocast refuses
+        # BCELoss in fp16, and the logits form is the numerically stable one.
+        self.loss_fn = BCEWithLogitsLoss()
+
+    def needs_clip(self) -> bool:
+        """Only L_ConG needs CLIP (the skeleton: clip.load("ViT-B/32"))."""
+        return self.args.use_contrastive_loss
+
+    def fit_to_clip(self, clip_model: nn.Module) -> None:
+        """Nothing of this model depends on the CLIP beyond its embedding size (checked by the driver)."""
+
+    def build(self, device: torch.device) -> tuple[Generator, list[Discriminator], torch.optim.Optimizer,
+                                                   list[torch.optim.Optimizer]]:
+        """The models, initialised with the course's weight_init, and their Adam optimizers, as the skeleton's train()
+        builds them."""
+        args = self.args
+        G = Generator(args.clip_embedding_dim, args.projection_dim, args.noise_dim, self.g_in_chans, self.g_out_chans,
+                      args.num_stage, device).to(device)
+        G.apply(weight_init)
+        if args.ca_init_std is not None:
+            init_conditioning_mu(G, args.ca_init_std)
+        D_lst = [Discriminator(args.projection_dim, self.g_out_chans, self.d_in_chans, self.d_out_chans,
+                               args.clip_embedding_dim, curr_stage, device).to(device)
+                 for curr_stage in range(args.num_stage)]
+        for D in D_lst:
+            D.apply(weight_init)
+        optim_g = Adam(G.parameters(), lr=args.g_lr or args.learning_rate, betas=(0.5, 0.999), **adam_options(device))
+        optim_d_lst = [Adam(D_lst[curr_stage].parameters(), lr=args.d_lr or args.learning_rate, betas=(0.5, 0.999),
+                            **adam_options(device)) for curr_stage in range(args.num_stage)]
+        return G, D_lst, optim_g, optim_d_lst
+
+    def train_epoch(self, train_loader, G: Generator, D_lst: list[Discriminator], optim_g: torch.optim.Optimizer,
+                    optim_d_lst: list[torch.optim.Optimizer], clip_model: nn.Module | None, device: torch.device,
+                    helpers: RunHelpers) -> tuple[float, float]:
+        args = self.args
+        # The skeleton samples from the first batch's captions (the third value); the driver's grid uses fixed
+        # captions and noises instead, so that epochs compare.
+        d_loss, g_loss, _ = train_step(train_loader, args.noise_dim, device, G, D_lst, optim_g, optim_d_lst,
+                                       self.loss_fn, args.num_stage, args.use_uncond_loss, args.use_contrastive_loss,
+                                       args.report_interval, clip_model, args.gamma, args.lam, tau=args.tau,
+                                       beta=args.beta, language_free=args.language_free, xi=args.xi,
+                                       **helpers._asdict())
+        return d_loss, g_loss
 
 
 def train(args: Namespace) -> None:
@@ -237,90 +361,79 @@ def train(args: Namespace) -> None:
         if args.arch != network_arch == "galip":
             raise T2IError(f"--arch {args.arch}: network.py is GALIP's module (network_galip.py); use --arch galip, "
                            f"or StackGAN's network.py")
-        if args.arch == "galip":  # Problem 5, another paper's model: its own step and optimizers (train_galip.py)
-            return train_galip.train(args, device, processes.main)
-        clip_embedding_dim = args.clip_embedding_dim  # Dimension of c_txt, default: 512 (CLIP ViT-B/32)
-        projection_dim = args.projection_dim  # Dimension of \hat{c_txt} extracted from CANet, default: 128
-        noise_dim = args.noise_dim  # Dimension of noise z ~ N(0, 1), default: 100
-        g_in_chans = args.g_in_chans  # Ng: 1024 in the course (--g_in_chans)
-        g_out_chans = 3  # Fixed
-        d_in_chans = args.d_in_chans  # Nd: 64 in the course (--d_in_chans)
-        d_out_chans = 1  # Fixed
-        num_stage = args.num_stage  # default: 3
-        use_uncond_loss = args.use_uncond_loss
-        use_contrastive_loss = args.use_contrastive_loss
-        report_interval = args.report_interval
+        # What differs between the models: the course's (above), or GALIP, Problem 5 (train_galip.py).
+        if args.arch == "galip":
+            from train_galip import GALIP  # imported here: train_galip builds on this file
+            model = GALIP(args)
+        else:
+            model = CourseModel(args)
+        num_stage = args.num_stage  # default: 1 (the course's main.py); the notebook trains 3
 
         # Everything that can be wrong with the input is checked before the first file is written, so the
         # skeleton's save_hyp comes after the checks.
+        clip_model = (clip_utils.load_clip_checked(args.clip_model, device, args.clip_embedding_dim,
+                                                   "--clip_embedding_dim") if model.needs_clip() else None)
+        if clip_model is not None:
+            model.fit_to_clip(clip_model)
         resume = find_resume_point(args)
         output_folders = check_output_folder(args, resume)  # never mixes with, or loses, another run's files
         print("Loading dataset")
         train_dataset = ZipDataset(args.train_data, num_stage)
         data_clip = check_train_dataset(train_dataset, args)
-        # Only L_ConG needs CLIP (the skeleton: clip.load("ViT-B/32")); it must be the CLIP that made the data.
-        clip_model = (clip_utils.load_clip_checked(args.clip_model, device, clip_embedding_dim, "--clip_embedding_dim")
-                      if use_contrastive_loss else None)
+        # The CLIP must be the one that made the data.
         check_training_clips(args, data_clip, clip_model, resume)
         train_loader = get_dataloader(args=args, dataset=train_dataset, is_train=True)
         evaluator = (make_training_evaluator(args, clip_model, device, data_clip) if args.eval_every and processes.main
                      else None)
 
-        G = Generator(clip_embedding_dim, projection_dim, noise_dim, g_in_chans, g_out_chans, num_stage,
-                      device).to(device)
-        G.apply(weight_init)
-        if args.ca_init_std is not None:  # --ca_init_std (recipe fast): re-drawn mu weights; else the course's
-            init_conditioning_mu(G, args.ca_init_std)
-        D_lst = [Discriminator(projection_dim, g_out_chans, d_in_chans, d_out_chans, clip_embedding_dim, curr_stage,
-                               device).to(device) for curr_stage in range(num_stage)]
-        for D in D_lst:
-            D.apply(weight_init)
-
+        G, D_lst, optim_g, optim_d_lst = model.build(device)
         if resume is not None and resume.snapshot:
             resume.load_snapshot_weights(G, D_lst)
         elif resume is not None:
             load_checkpoint(G, D_lst, args.resume_checkpoint_path, resume.epoch - 1)
             print("Resumed from saved checkpoint")
 
-        optim_g = Adam(G.parameters(), lr=args.g_lr or args.learning_rate, betas=(0.5, 0.999), **adam_options(device))
-        optim_d_lst = [Adam(D_lst[curr_stage].parameters(), lr=args.d_lr or args.learning_rate, betas=(0.5, 0.999),
-                            **adam_options(device)) for curr_stage in range(num_stage)]
-        # Logits and BCEWithLogitsLoss rather than the skeleton's sigmoid outputs and BCELoss: autocast refuses
-        # BCELoss in fp16, and the logits form is the numerically stable one.
-        loss_fn = BCEWithLogitsLoss()
-
-        run = TrainingRun(args, device, G, D_lst, optim_g, optim_d_lst)
+        helpers = run_helpers(args, device, G, D_lst, optim_g, optim_d_lst, train_dataset, writes=processes.main)
+        log, state = helpers.log, helpers.state
         if processes.main:  # under torchrun, process 0 alone writes files
-            output_folders.prepare()  # makes the folders (with --overwrite, moves another run's files aside first)
-            save_hyp(args, g_in_chans, g_out_chans, d_in_chans, d_out_chans)
-        run.begin(resume, data_clip or (clip_model and clip_utils.clip_identity_of(clip_model)))
+            # The folders (with --overwrite, another run's files moved aside first) and run_options.json.
+            output_folders.prepare(resume, data_clip or (clip_model and clip_utils.clip_identity_of(clip_model)))
+            save_hyp(args, model.g_in_chans, model.g_out_chans, model.d_in_chans, model.d_out_chans)
+        log.open(args.checkpoint_path, args.result_path, resume.epoch if resume else None,
+                 resume.step if resume else 0)
         samples = sample_conditions(train_dataset)
         if resume is not None:
-            run.restore(resume)
+            state.restore(resume)
             print(f"Resuming from {resume.source}: epoch {resume.epoch}, step {resume.step}")
 
         start_epoch = resume.epoch if resume is not None else 0
         for epoch in range(start_epoch, args.num_epochs):
             print(f"Epoch: {epoch} start")
-            run.start_epoch(epoch, train_loader, resume)
+            # The loader's order is drawn from (seed, epoch): a resumed epoch goes on at its first unseen batch.
+            position_loader(train_loader, epoch, resume.step if resume is not None and epoch == resume.epoch else 0)
+            log.start_epoch(epoch)
+            state.epoch = epoch
             start_time = time.time()
-            # The skeleton samples from the first batch's captions (the third value); the grid below uses fixed
-            # captions and noises instead, so that epochs compare.
-            d_loss, g_loss, _ = train_step(train_loader, noise_dim, device, G, D_lst, optim_g, optim_d_lst, loss_fn,
-                                           num_stage, use_uncond_loss, use_contrastive_loss, report_interval,
-                                           clip_model, args.gamma, args.lam, run=run)
+            d_loss, g_loss = model.train_epoch(train_loader, G, D_lst, optim_g, optim_d_lst, clip_model, device,
+                                               helpers)
             end_time = time.time()
             print(f"Epoch: {epoch} \t d_loss: {d_loss:.4f} \t g_loss: {g_loss:.4f} \t "
                   f"esti. time: {(end_time - start_time):.2f}s")
 
             # save checkpoint: the resume state first and the generator file last, so an epoch whose generator
             # file exists is complete and resumes exactly.
-            run.save_epoch_state(epoch)
+            state.save_epoch(epoch)
             figures = None
             if processes.main:
-                save_model(args, run.saved_generator(), D_lst, epoch, num_stage)
-                save_sample_grid(run.saved_generator(), *samples, noise_dim,
+                save_model(args, state.saved_generator(), D_lst, epoch, num_stage)
+                save_sample_grid(state.saved_generator(), *samples, args.noise_dim,
                                  os.path.join(args.result_path, f"epoch_{epoch}.png"), device)
-                figures = run.evaluate_epoch(evaluator, epoch)  # --eval_every K: FID, IS, KID, CLIP score
-            run.end_epoch(epoch, d_loss, g_loss, end_time - start_time, figures)
-        print(run.summary(start_epoch))
+                figures = evaluate_epoch(evaluator, state.saved_generator(), epoch, args.eval_every,
+                                         args.result_path)  # --eval_every K: FID, IS, KID, CLIP score
+            if processes.world_size > 1:  # torchrun: none goes on while process 0 could still fail to save
+                processes.barrier()
+            if processes.main:
+                log.end_epoch(epoch, d_loss, g_loss, end_time - start_time, figures)
+                output_folders.after_epoch()
+        print(log.summary(max(args.num_epochs - start_epoch, 0), helpers.step.num_updates, helpers.step.skipped,
+                          args.checkpoint_path, args.result_path))

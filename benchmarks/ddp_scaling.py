@@ -74,7 +74,6 @@ def worker(opts: Namespace) -> None:
     from t2i import clip_utils
     from t2i.data import batching
     from t2i.training import distributed, options
-    from t2i.training.run import build_training
 
     with distributed.launched() as processes:
         world_size = processes.world_size
@@ -88,25 +87,26 @@ def worker(opts: Namespace) -> None:
             "--use_contrastive_loss", "--device", str(device), "--sync_bn" if opts.sync_bn else "--no-sync_bn"],
             "benchmark"))
         torch.manual_seed(0)
-        G, D_lst, optim_g, optim_d_lst, run = build_training(args, device)
+        G, D_lst, optim_g, optim_d_lst = train.CourseModel(args).build(device)
+        run = train.run_helpers(args, device, G, D_lst, optim_g, optim_d_lst)
         clip_model = clip_utils.load_clip(opts.clip_path, device)
         steps = opts.warmup + opts.iters
         loader = batching.training_loader(synthetic_dataset(opts, steps * opts.batch_size * world_size),
                                           opts.batch_size, 0, device.type == "cuda", *distributed.shard())
         stamps: list[float] = []
-        after_step = run.after_step
+        after_step = run.state.after_step
 
-        def timed_after_step(step: int) -> None:  # the end of every iteration
+        def timed_after_step(step: int, steps_in_epoch: int) -> None:  # the end of every iteration
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             stamps.append(time.perf_counter())
-            after_step(step)
+            after_step(step, steps_in_epoch)
 
-        run.after_step = timed_after_step
+        run.state.after_step = timed_after_step
         started = time.perf_counter()
         train.train_step(loader, args.noise_dim, device, G, D_lst, optim_g, optim_d_lst,
                          torch.nn.BCEWithLogitsLoss(), args.num_stage, True, True, 10 ** 9, clip_model, args.gamma,
-                         args.lam, run=run)
+                         args.lam, **run._asdict())
         times = [b - a for a, b in zip([started, *stamps], stamps)][opts.warmup:]
         figures = {"rank": processes.rank, "median": statistics.median(times), "times": times, "threads": threads,
                    "device": str(device)}

@@ -251,12 +251,17 @@ def galip_iterate(opts: Namespace, device: torch.device, clip_model: nn.Module) 
     args = options.complete(Namespace(
         arch="galip", amp=opts.amp, num_stage=opts.num_stage, g_in_chans=opts.g_in_chans,
         clip_embedding_dim=CLIP_DIM, projection_dim=PROJECTION_DIM, noise_dim=NOISE_DIM, learning_rate=LEARNING_RATE))
-    G, D_lst, optim_g, optim_d_lst, run = train_galip.build_training(args, device, clip_model)
+    import train
+
+    model = train_galip.GALIP(args)
+    model.fit_to_clip(clip_model)
+    G, D_lst, optim_g, optim_d_lst = model.build(device)
+    run = train.run_helpers(args, device, G, D_lst, optim_g, optim_d_lst)
 
     def iterate(batches: list[Batch]) -> list[tuple[float, float]]:
         loader = TimedBatches(batches, device)
         train_galip.train_step(loader, NOISE_DIM, device, G, D_lst, optim_g, optim_d_lst, clip_model, opts.num_stage,
-                               10 ** 9, run)
+                               10 ** 9, **run._asdict())
         return loader.times
     return iterate
 
@@ -265,19 +270,20 @@ def ours_iterate(opts: Namespace, device: torch.device, clip_model: nn.Module | 
     """train.train_step, with the models, optimizers and run that train() builds."""
     import train
     from t2i.training import options
-    from t2i.training.run import build_training
 
     args = options.complete(Namespace(
         amp=opts.amp, use_uncond_loss=opts.use_uncond_loss, use_contrastive_loss=opts.use_contrastive_loss,
         num_stage=opts.num_stage, g_in_chans=opts.g_in_chans, d_in_chans=opts.d_in_chans,
         clip_embedding_dim=CLIP_DIM, projection_dim=PROJECTION_DIM, noise_dim=NOISE_DIM, learning_rate=LEARNING_RATE))
-    G, D_lst, optim_g, optim_d_lst, run = build_training(args, device)
+    G, D_lst, optim_g, optim_d_lst = train.CourseModel(args).build(device)
+    run = train.run_helpers(args, device, G, D_lst, optim_g, optim_d_lst)
     loss_fn = nn.BCEWithLogitsLoss()
 
     def iterate(batches: list[Batch]) -> list[tuple[float, float]]:
         loader = TimedBatches(batches, device)
         train.train_step(loader, NOISE_DIM, device, G, D_lst, optim_g, optim_d_lst, loss_fn, opts.num_stage,
-                         opts.use_uncond_loss, opts.use_contrastive_loss, 10 ** 9, clip_model, GAMMA, LAM, run=run)
+                         opts.use_uncond_loss, opts.use_contrastive_loss, 10 ** 9, clip_model, GAMMA, LAM,
+                         **run._asdict())
         return loader.times
     return iterate
 

@@ -17,7 +17,7 @@ import main
 from t2i import clip_utils
 from t2i.evaluation import metrics
 from t2i.training import precision
-from t2i.training import run as training_run
+from t2i.training import step as training_step
 from t2i.training.precision import Precision
 
 HAS_CUDA = torch.cuda.is_available()
@@ -64,8 +64,8 @@ def test_a_training_epoch_runs_as_on_cuda(small_train_zip, tiny_clip_path, tmp_p
     """L_ConG backpropagates through the fp16 CLIP; with AMP under fp16 autocast with gradient scaling;
     channels-last models and batches, as on CUDA."""
     cuda_like = Precision("cpu", torch.float16 if amp else None, loss_scaling=amp)
-    monkeypatch.setattr(training_run, "precision_for", lambda device, amp_flag: cuda_like)
-    monkeypatch.setattr(training_run, "uses_channels_last", lambda device: True)
+    monkeypatch.setattr(training_step, "precision_for", lambda device, amp_flag: cuda_like)
+    monkeypatch.setattr(training_step, "uses_channels_last", lambda device: True)
     main.main(training_argv(small_train_zip, tiny_clip_path, tmp_path))
     state = torch.load(tmp_path / "ck" / "epoch_0_state.pt", weights_only=True)
     if amp:

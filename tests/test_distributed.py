@@ -24,7 +24,6 @@ from models import NETWORKS
 from t2i import checkpoints, harness
 from t2i.data import batching
 from t2i.training import distributed, options
-from t2i.training.run import build_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "The woman is young and has blond hair, and arched eyebrows."
@@ -51,8 +50,9 @@ def test_one_process_uses_no_collective(monkeypatch):
     for name in ("all_reduce", "all_gather", "broadcast", "barrier", "all_gather_object"):
         monkeypatch.setattr(torch.distributed, name, refuse)
     args = step_args(BATCH)
-    G, D_lst, optim_g, optim_d_lst, run = build_training(args, torch.device("cpu"))
-    assert run.processes is None and distributed.active() is None
+    G, D_lst, optim_g, optim_d_lst = train.CourseModel(args).build(torch.device("cpu"))
+    run = train.run_helpers(args, torch.device("cpu"), G, D_lst, optim_g, optim_d_lst)
+    assert run.step.processes is None and distributed.active() is None
     loader = batching.training_loader(toy_dataset(), BATCH, 0, False)
     d_loss, g_loss = run_epoch(args, loader, G, D_lst, optim_g, optim_d_lst, run)
     assert torch.isfinite(torch.tensor([d_loss, g_loss])).all()
@@ -81,7 +81,7 @@ def toy_dataset() -> list:
 def run_epoch(args, loader, G, D_lst, optim_g, optim_d_lst, run) -> tuple[float, float]:
     d_loss, g_loss, _ = train.train_step(loader, args.noise_dim, torch.device("cpu"), G, D_lst, optim_g, optim_d_lst,
                                          torch.nn.BCEWithLogitsLoss(), 1, True, True, 1, None, args.gamma, args.lam,
-                                         run=run)
+                                         **run._asdict())
     return d_loss, g_loss
 
 
@@ -106,7 +106,8 @@ def two_process_worker(rank: int, port: int, out: str) -> None:
         processes.device("cpu")
         args = step_args(BATCH)
         torch.manual_seed(0)
-        G, D_lst, optim_g, optim_d_lst, run = build_training(args, torch.device("cpu"))
+        G, D_lst, optim_g, optim_d_lst = train.CourseModel(args).build(torch.device("cpu"))
+        run = train.run_helpers(args, torch.device("cpu"), G, D_lst, optim_g, optim_d_lst)
         loader = batching.training_loader(toy_dataset(), BATCH, 0, False, rank, 2)
         processes.noise_generator.manual_seed(SEED)
         losses = run_epoch(args, loader, G, D_lst, optim_g, optim_d_lst, run)
@@ -121,7 +122,7 @@ def two_process_worker(rank: int, port: int, out: str) -> None:
         train.KL_divergence = sometimes_nan
         loader.batch_sampler.set_position(epoch=1)
         run_epoch(args, loader, G, D_lst, optim_g, optim_d_lst, run)
-        result["after_nan"] = {"skipped": run.skipped, "updates": run.num_updates, "G": G.state_dict()}
+        result["after_nan"] = {"skipped": run.step.skipped, "updates": run.step.num_updates, "G": G.state_dict()}
         torch.save(result, os.path.join(out, f"rank_{rank}.pt"))
 
 
@@ -161,7 +162,8 @@ def two_processes(tmp_path_factory):
 def test_two_processes_at_batch_b_train_as_one_at_2b(two_processes):
     args = step_args(2 * BATCH)
     torch.manual_seed(0)
-    G, D_lst, optim_g, optim_d_lst, run = build_training(args, torch.device("cpu"))
+    G, D_lst, optim_g, optim_d_lst = train.CourseModel(args).build(torch.device("cpu"))
+    run = train.run_helpers(args, torch.device("cpu"), G, D_lst, optim_g, optim_d_lst)
     loader = batching.training_loader(toy_dataset(), 2 * BATCH, 0, False)
     torch.manual_seed(SEED)  # the generator's noise: z and the conditioning augmentation's eps
     losses = run_epoch(args, loader, G, D_lst, optim_g, optim_d_lst, run)

@@ -9,9 +9,7 @@ from models import NETWORKS
 from network import Generator
 from read_dataset import ZipDataset
 from t2i import checkpoints
-from t2i.training import options
-from t2i.training.ema import GeneratorEMA, recompute_batchnorm
-from t2i.training.run import BATCHNORM_SEED, TrainingRun
+from t2i.training.ema import BATCHNORM_SEED, GeneratorEMA, recompute_batchnorm
 
 
 def batchnorm_inputs(model: torch.nn.Module, make_batches, seed: int) -> dict[str, list[torch.Tensor]]:
@@ -93,11 +91,9 @@ def test_the_saved_ema_generator_holds_statistics_of_its_own_weights(preprocesse
     saved, hyp = checkpoints.load_generator(str(folder), 0, networks=NETWORKS)
     raw = checkpoints.build_generator(hyp, "cpu", network)
     raw.load_state_dict(torch.load(folder / "epoch_0_state.pt", weights_only=True)["trainer"]["raw_generator"])
-    # The batches the run measured on, drawn again as TrainingRun draws them.
-    args = options.complete(options.parse(["--batch_size", "4", "--noise_dim", "8"], "test"))
-    run = TrainingRun(args, torch.device("cpu"), raw, [], torch.optim.Adam(raw.parameters()), [], files=False)
-    run.dataset = ZipDataset(preprocessed_zips["train"], 1)
-    assert_statistics_of(saved, run.batchnorm_batches, seed=BATCHNORM_SEED)
+    # The batches the run measured on, drawn again as the run's GeneratorEMA draws them.
+    ema = GeneratorEMA(raw, 0.999, ZipDataset(preprocessed_zips["train"], 1), batch_size=4, noise_dim=8)
+    assert_statistics_of(saved, lambda: ema.batchnorm_batches(torch.device("cpu")), seed=BATCHNORM_SEED)
     # ... and not the raw generator's, which training copied into the average.
     for name, module in saved.named_modules():
         if isinstance(module, torch.nn.BatchNorm2d):

@@ -8,7 +8,7 @@ import torch.nn as nn
 from network import (AlignCondDiscriminator, CondDiscriminator, ConditioningAugmention, Discriminator, Generator,
                      Generator_type_1, Generator_type_2, ImageExtractor, ResModule, UncondDiscriminator, weight_init)
 from t2i import checkpoints
-from t2i.training.run import init_conditioning_mu
+from train import init_conditioning_mu
 from train_utils import load_checkpoint, save_hyp, save_model
 
 CLIP_DIM, PROJ, NOISE, NG, ND = 512, 16, 12, 128, 8

@@ -110,8 +110,8 @@ def test_training_uses_the_course_values_and_resumes_from_drive():
     assert (args.noise_dim, args.projection_dim, args.clip_embedding_dim, args.num_stage) == (100, 128, 512, 3)
     assert args.use_uncond_loss and args.use_contrastive_loss
     assert args.resume_epoch == "latest"
-    assert args.resume_checkpoint_path == args.checkpoint_path == namespace["CKPT_DIR"]
-    assert args.checkpoint_path.startswith(namespace["DRIVE_DIR"])
+    assert args.resume_checkpoint_path == str(args.checkpoint_path) == namespace["CKPT_DIR"]  # a Path, as the course
+    assert str(args.checkpoint_path).startswith(namespace["DRIVE_DIR"])
     assert args.save_every_steps > 0 and args.keep_last > 0
     assert args.arch == namespace["ARCH"] == "stackgan"  # the course's model unless the team picks GALIP
 

@@ -20,7 +20,6 @@ from t2i.errors import T2IError
 from t2i.evaluation import evaluator as evaluation
 from t2i.evaluation import metrics
 from t2i.training import options
-from t2i.training.run import build_training
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -33,20 +32,21 @@ def step_setup(*flags: str):
                                            "--g_in_chans", "32", "--d_in_chans", "4", "--use_uncond_loss",
                                            "--use_contrastive_loss", "--lam", "0", "--device", "cpu", "--ema",
                                            *flags], "test"))
-    G, D_lst, optim_g, optim_d_lst, run = build_training(args, torch.device("cpu"))
+    G, D_lst, optim_g, optim_d_lst = train.CourseModel(args).build(torch.device("cpu"))
+    run = train.run_helpers(args, torch.device("cpu"), G, D_lst, optim_g, optim_d_lst)
 
     def step(images, img_feature, txt_feature):
         return train.train_step([(images, img_feature, txt_feature)], 8, torch.device("cpu"), G, D_lst, optim_g,
                                 optim_d_lst, torch.nn.BCEWithLogitsLoss(), 1, True, True, 10 ** 9, None, args.gamma,
-                                args.lam, run=run)
+                                args.lam, **run._asdict())
 
     def state() -> dict:
         """Everything a step can change: weights, BatchNorm statistics, Adam moments and steps, the EMA, the
         gradient scalers, the update count."""
         return copy.deepcopy({"G": G.state_dict(), "D": [D.state_dict() for D in D_lst],
                               "optim_g": optim_g.state_dict(), "optim_d": [o.state_dict() for o in optim_d_lst],
-                              "ema": run.ema.model.state_dict(), "precision": run.precision.state_dict(),
-                              "num_updates": run.num_updates})
+                              "ema": run.ema.model.state_dict(), "precision": run.step.precision.state_dict(),
+                              "num_updates": run.step.num_updates})
     return step, state, run
 
 
@@ -85,7 +85,7 @@ def test_1_a_nan_caption_step_changes_no_state_at_all(first_step, capsys):
     before = state()
     step(*a_batch(1, nan_caption=True))
     captured = capsys.readouterr()
-    assert run.skipped == 1 and "the step was skipped and changed nothing" in captured.out + captured.err
+    assert run.step.skipped == 1 and "the step was skipped and changed nothing" in captured.out + captured.err
     assert_same(before, state())
     d_loss, g_loss, _ = step(*a_batch(2))  # and training goes on
     assert torch.isfinite(torch.tensor([d_loss, g_loss])).all()
@@ -101,7 +101,7 @@ def test_1_a_step_whose_generator_loss_alone_is_not_finite_undoes_the_discrimina
     real_kl = train.KL_divergence
     monkeypatch.setattr(train, "KL_divergence", lambda mu, log_sigma: real_kl(mu, log_sigma) * float("nan"))
     step(*a_batch(1))
-    assert run.skipped == 1
+    assert run.step.skipped == 1
     assert_same(before, state())
 
 
@@ -110,20 +110,20 @@ def test_1_nothing_non_finite_is_ever_written(tmp_path):
     torch.manual_seed(0)
     step(*a_batch(0))
     with torch.no_grad():
-        next(run.D_list[0].parameters()).view(-1)[0] = float("inf")
+        next(run.state.D_list[0].parameters()).view(-1)[0] = float("inf")
     for with_weights in (True, False):  # a mid-epoch snapshot, and an epoch's state (optimizer moments)
         path = tmp_path / f"state_{with_weights}.pt"
         if not with_weights:
             with torch.no_grad():
-                next(run.D_list[0].parameters()).view(-1)[0] = 0.0
-            next(iter(run.optim_d_list[0].state.values()))["exp_avg"].view(-1)[0] = float("nan")
+                next(run.state.D_list[0].parameters()).view(-1)[0] = 0.0
+            next(iter(run.state.optim_d_list[0].state.values()))["exp_avg"].view(-1)[0] = float("nan")
         with pytest.raises(T2IError, match=f"{path}: not written, 1 tensors hold NaN or Inf .*training stopped"):
-            run.save_state(str(path), 0, 1, with_weights=with_weights)
+            run.state.save(str(path), 0, 1, with_weights=with_weights)
         assert os.listdir(tmp_path) == []
     with torch.no_grad():
         next(run.ema.model.parameters()).view(-1)[0] = float("nan")
     with pytest.raises(T2IError, match="epoch 0: the generator holds NaN or Inf .* so the epoch was not saved"):
-        run.check_finite(0)
+        run.state.save_epoch(0)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import main
 import network
 import train
 from models import NETWORKS
-from t2i import checkpoints
+from t2i import checkpoints, clip_utils
 from t2i.files import atomic_save
 from t2i.training import options
-from t2i.training.run import TrainingRun, build_training
+from t2i.training.nonfinite import StepGuard
 
 
 def train_argv(data, checkpoint_path, result_path, clip_path, epochs, *extra, stages=1):
@@ -85,11 +85,12 @@ def test_the_same_command_gives_the_same_checkpoints(run):
 
 def test_resume_continues_at_the_next_epoch_and_equals_an_uninterrupted_run(run, preprocessed_zips, tiny_clip_path,
                                                                            tmp_path, capsys):
-    straight = run("straight", 2, stages=2)
-    interrupted = run("interrupted", 1, stages=2)
+    # With --ema, so that the resume state also carries the raw generator beside the saved average.
+    straight = run("straight", 2, "--ema", stages=2)
+    interrupted = run("interrupted", 1, "--ema", stages=2)
     capsys.readouterr()
     argv = train_argv(preprocessed_zips["train"], interrupted, tmp_path / "interrupted" / "results", tiny_clip_path, 2,
-                      stages=2)
+                      "--ema", stages=2)
     argv[argv.index("--resume_epoch") + 1] = "0"
     main.main(argv + ["--resume_checkpoint_path", str(interrupted)])
     output = capsys.readouterr()
@@ -104,19 +105,19 @@ def test_resume_continues_at_the_next_epoch_and_equals_an_uninterrupted_run(run,
 def test_mid_epoch_snapshot_resumes_at_the_right_step(run, preprocessed_zips, tiny_clip_path, tmp_path, monkeypatch,
                                                      capsys):
     straight = run("straight", 2)
-    original_begin = TrainingRun.begin_step
+    original_save = StepGuard.save
     calls = {"n": 0}
 
-    def dying_begin(self):  # Colab disconnects during epoch 1, step 3 (of 6)
+    def dying_save(self):  # Colab disconnects during epoch 1, step 3 (of 6)
         calls["n"] += 1
         if calls["n"] == 6 + 4:
             raise KeyboardInterrupt
-        return original_begin(self)
+        return original_save(self)
 
-    monkeypatch.setattr(TrainingRun, "begin_step", dying_begin)
+    monkeypatch.setattr(StepGuard, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         run("cut", 2, "--save_every_steps", "2")
-    monkeypatch.setattr(TrainingRun, "begin_step", original_begin)
+    monkeypatch.setattr(StepGuard, "save", original_save)
     cut = tmp_path / "cut" / "checkpoints"
     snapshot = checkpoints.read_training_state(str(cut / checkpoints.MID_EPOCH_FILE))
     assert (snapshot["epoch"], snapshot["step"]) == (1, 2)
@@ -228,12 +229,13 @@ def step_setup(*flags: str, stages: int = 1):
     args = options.complete(options.parse(["--num_stage", str(stages), "--projection_dim", "8", "--noise_dim", "8",
                                            "--g_in_chans", "32", "--d_in_chans", "4", "--use_uncond_loss",
                                            "--use_contrastive_loss", "--lam", "0", "--device", "cpu", *flags], "test"))
-    G, D_lst, optim_g, optim_d_lst, run = build_training(args, torch.device("cpu"))
+    G, D_lst, optim_g, optim_d_lst = train.CourseModel(args).build(torch.device("cpu"))
+    run = train.run_helpers(args, torch.device("cpu"), G, D_lst, optim_g, optim_d_lst)
 
     def step(images, img_feature, txt_feature):
         return train.train_step([(images, img_feature, txt_feature)], 8, torch.device("cpu"), G, D_lst, optim_g,
                                 optim_d_lst, torch.nn.BCEWithLogitsLoss(), stages, True, True, 10 ** 9, None,
-                                args.gamma, args.lam, run=run)
+                                args.gamma, args.lam, **run._asdict())
     return step, G, D_lst, run
 
 
@@ -266,7 +268,7 @@ def test_language_free_training_feeds_g_lafite_pseudo_text_features(monkeypatch)
     seen = []
     original = train.Generator.forward
     monkeypatch.setattr(train.Generator, "forward",
-                        lambda self, text, noise: seen.append(text.clone()) or original(self, text, noise))
+                        lambda self, text, *rest: seen.append(text.clone()) or original(self, text, *rest))
     images, img_feature, _ = a_batch()
     caption = torch.nn.functional.normalize(torch.randn(4, 512), dim=-1)
     torch.manual_seed(1)
@@ -307,11 +309,16 @@ def test_train_runs_from_the_course_main_namespace(preprocessed_zips, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (("--train_data", "/nonexistent/train.zip"), "/nonexistent/train.zip: no such file"),
-    (("--clip_embedding_dim", "256"), "holds 512-d CLIP embeddings but --clip_embedding_dim is 256"),
+    (("--clip_embedding_dim", "256"), "tiny_clip.pt gives 512-d embeddings but --clip_embedding_dim needs 256-d"),
+    (("--clip_embedding_dim", "256", "--clip_model", "CLIP_256"), "holds 512-d CLIP embeddings but "
+                                                                  "--clip_embedding_dim is 256"),
     (("--num_stage", "4"), "--num_stage 4: must be 1, 2 or 3"),
     (("--resume_checkpoint_path", "/nonexistent/ck", "--resume_epoch", "3"), "/nonexistent/ck: no such folder"),
 ])
 def test_bad_input_gives_one_line_and_writes_nothing(run, tmp_path, change, message):
+    if "CLIP_256" in change:  # a CLIP that agrees with --clip_embedding_dim 256, and a zip that does not
+        clip_256 = clip_utils.make_random_clip(str(tmp_path / "clip_256.pt"), "tiny", 256)
+        change = tuple(clip_256 if word == "CLIP_256" else word for word in change)
     with pytest.raises(SystemExit, match=message):
         run("bad", 1, *change)
     assert not (tmp_path / "bad" / "checkpoints").exists()

@@ -15,22 +15,22 @@ import torch  # noqa: E402
 
 import main  # noqa: E402
 from t2i.errors import T2IError  # noqa: E402
-from t2i.training.run import TrainingRun  # noqa: E402
+from t2i.training.nonfinite import StepGuard  # noqa: E402
 
 
 def inject(rank: int, iteration: int, kind: str) -> None:
-    begin_step = TrainingRun.begin_step
+    save = StepGuard.save
     calls = {"n": 0}
 
-    def failing_begin_step(self: TrainingRun) -> None:
+    def failing_save(self: StepGuard) -> None:
         calls["n"] += 1
         if int(os.environ["RANK"]) == rank and calls["n"] == iteration:
             if kind == "crash":
                 os._exit(9)
             raise T2IError("an injected failure")
-        begin_step(self)
+        save(self)
 
-    TrainingRun.begin_step = failing_begin_step
+    StepGuard.save = failing_save
 
 
 if __name__ == "__main__":

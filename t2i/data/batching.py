@@ -2,7 +2,7 @@
 
 `EpochBatchSampler` draws each epoch's order from (seed, epoch) alone, so a run resumed mid-epoch sees exactly
 the batches the interrupted run had not seen yet. `dataloader.get_dataloader` builds the training loader on it;
-`train` positions it at each epoch (and at the first unseen batch of a resumed one) with `set_position`.
+`train` positions it at each epoch (and at the first unseen batch of a resumed one) with `position_loader`.
 With several processes each one takes a disjoint share of every batch position (`rank`, `world_size`).
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from t2i.data.images import stage_images_from_uint8
+from t2i.errors import T2IError
 
 SEED = 0  # the course fixes the seed at 0: the data order draws from it
 
@@ -83,13 +84,15 @@ def our_sampler(loader) -> EpochBatchSampler | None:
     return sampler if isinstance(sampler, EpochBatchSampler) else None
 
 
-def set_position(loader: DataLoader, epoch: int, start_step: int = 0) -> bool:
-    """Position our loader at `epoch`, batch `start_step`; False for another loader, which cannot skip batches."""
+def position_loader(loader: DataLoader, epoch: int, start_step: int = 0) -> None:
+    """Position our loader at `epoch`, batch `start_step`. Another loader (the course's RandomSampler) draws its
+    own order and cannot skip batches: fine at an epoch's start, refused in its middle."""
     sampler = our_sampler(loader)
-    if sampler is None:
-        return False
-    sampler.set_position(epoch, start_step)
-    return True
+    if sampler is not None:
+        sampler.set_position(epoch, start_step)
+    elif start_step:
+        raise T2IError("a mid-epoch snapshot needs this package's dataloader.py (the course's RandomSampler cannot "
+                       "skip the batches already seen); resume from a complete epoch instead")
 
 
 def first_step(loader) -> int:

@@ -207,12 +207,25 @@ def make_training_evaluator(args: Namespace, clip_model: nn.Module | None, devic
     features are loaded a single time for the whole run. The test zip must come from the train zip's CLIP."""
     dataset = load_test_dataset(args.eval_data, args.clip_embedding_dim)
     clip_utils.check_same_clip(dataset.settings.get("clip"), f"--eval_data {args.eval_data}", train_clip,
-                    f"the CLIP of --train_data {args.train_data}", args.allow_clip_mismatch)
+                               f"the CLIP of --train_data {args.train_data}", args.allow_clip_mismatch)
     clip_utils.check_clip_matches(dataset.settings.get("clip"), clip_model, f"--eval_data {args.eval_data}",
-                       args.allow_clip_mismatch)
+                                  args.allow_clip_mismatch)
     return Evaluator(dataset, num_samples=args.eval_samples, batch_size=args.batch_size, device=device,
                      clip_model=clip_model, inception_weights=args.inception_weights, seed=0,
                      samples_flag="--eval_samples")
+
+
+def evaluate_epoch(evaluator: Evaluator | None, generator: nn.Module, epoch: int, every: int,
+                   result_path: str) -> dict | None:
+    """--eval_every's figures of the saved generator after `epoch` (None when not due): a report (JSON and a grid
+    PNG) in `result_path` and one printed line."""
+    if evaluator is None or (epoch + 1) % every:
+        return None
+    report = os.path.join(result_path, f"eval_epoch_{epoch}")
+    figures = evaluator(generator, report + ".png")
+    write_report(report + ".json", figures)
+    print(f"Epoch {epoch} evaluation: {summary_line(figures)}")
+    return figures
 
 
 def _spread(value: float | None, digits: int) -> str:

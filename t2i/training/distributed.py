@@ -13,7 +13,8 @@ with one process, changes nothing: no process group, no collective, no extra wor
   times per backward (real, fake, mismatched), frozen in the generator's step; DDP's hooks want one `forward` per
   backward and every parameter used the same way each time. The buffer also carries each process's loss and whether
   it is finite, so every process skips a non-finite step or none, and the loss becomes the global batch's, at no
-  extra collective. Each process backpropagates its loss weighted by its share of the global batch (`weight`) and
+  extra collective (`sum_gradients`, called by `precision.step_if_finite` between the backward and the step). Each
+  process backpropagates its loss weighted by its share of the global batch (`weight`, `StepSettings.scaled`) and
   the gradients are summed: the gradient of the global batch's loss, also when the last batch splits unevenly.
 * BatchNorm: `SyncBatchNorm` normalises with the global batch's statistics (`--sync_bn`, on by default), in
   the forward and the backward; torch.nn.SyncBatchNorm runs on CUDA only (its kernels have no CPU version), this
@@ -23,7 +24,8 @@ with one process, changes nothing: no process group, no collective, no extra wor
   loss is a sum over texts, which every process then computes whole for the global batch; its gradient reaches each
   process only through its own rows, scaled by 1 / weight, so that the weighted sum over processes is that sum's.
 * Noise: z and the conditioning augmentation's eps are this process's rows of the global batch's draw from a
-  generator all processes share (`global_noise`). With these, N processes at batch B compute what one process
+  generator all processes share (`global_draw`, which train_step calls through `StepSettings.draw_noise` and hands to
+  the generator). With these, N processes at batch B compute what one process
   computes at batch N*B with the same noise, to float rounding. Each process draws everything else (the loader's
   caption choice, DiffAugment, LAFITE's perturbations, CLIP's crop) from its own random streams; mismatched
   captions pair within a process's rows.
@@ -39,18 +41,16 @@ import os
 import random
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.overrides import TorchFunctionMode
 
 from t2i.devices import resolve_device
 from t2i.errors import T2IError
-from t2i.training.precision import step_optimizers
 
 NOISE_SEED = 0  # the course's seed: the shared noise generator starts from it
 # Process 0 may evaluate (--eval_every) while the others wait at the end of the epoch: longer than the backends'
@@ -124,12 +124,10 @@ class Processes:
         self.shares = [len(range(rank, global_size, self.world_size)) for rank in range(self.world_size)]
         self.weight = self.shares[self.rank] / global_size
 
-    def global_noise(self) -> TorchFunctionMode:
-        return _GlobalNoise(self)
-
-    def global_draw(self, local_shape: tuple[int, ...], **kwargs) -> torch.Tensor:
-        """This process's rows of a standard normal draw for the global batch, from the shared generator."""
-        drawn = torch.randn((sum(self.shares), *local_shape[1:]), generator=self.noise_generator, **kwargs)
+    def global_draw(self, local_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """This process's rows of a standard normal draw for the global batch, from the generator all processes
+        share: the generator's z and the conditioning augmentation's eps (see the module docstring)."""
+        drawn = torch.randn((sum(self.shares), *local_shape[1:]), generator=self.noise_generator, device=device)
         return drawn[self.rank::self.world_size].contiguous()
 
     def gather_batch(self, features: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,22 +143,15 @@ class Processes:
         all_features[self.rank] = _ScaleGradient.apply(features.float(), 1 / self.weight)
         return torch.cat(all_features), torch.cat([part[:, width:] for part in rows])
 
-    def step_optimizers(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
-                        scaler: torch.amp.GradScaler, also_required: torch.Tensor | None = None) -> torch.Tensor:
-        """One step of `optimizers` on the global batch's loss, skipped (in every process) when some process's
-        loss is not finite (see precision.step_optimizers); whether it was taken, on the device. `loss` then holds
-        the global batch's loss."""
-        weighted = loss * self.weight
-        return step_optimizers(weighted, optimizers, scaler,
-                               reduce=lambda finite: self._sum_gradients(optimizers, weighted, loss, finite),
-                               also_required=also_required)
-
-    def _sum_gradients(self, optimizers: list[torch.optim.Optimizer], weighted: torch.Tensor, loss: torch.Tensor,
-                       finite: torch.Tensor) -> torch.Tensor:
+    def sum_gradients(self, optimizers: list[torch.optim.Optimizer], loss: torch.Tensor,
+                      finite: torch.Tensor) -> torch.Tensor:
+        """After each process's backward of its loss weighted by its share of the global batch (`weight`, see
+        `StepSettings.scaled`): the global batch's gradients in every process (summed), `loss` set to the global
+        batch's, and whether every process's loss was finite; in one all_reduce of one flat buffer."""
         # The parameters with a gradient are the same in every process: the same code builds the same graph.
         grads = [param.grad for optimizer in optimizers for group in optimizer.param_groups
                  for param in group["params"] if param.grad is not None]
-        value = weighted.detach().float().reshape(1)
+        value = (loss.detach() * self.weight).float().reshape(1)
         bucket = torch.cat([*(grad.reshape(-1) for grad in grads), value, (~finite).float().reshape(1)])
         dist.all_reduce(bucket)
         torch._foreach_copy_(grads, torch._utils._unflatten_dense_tensors(bucket[:-2], grads))
@@ -193,29 +184,6 @@ class Processes:
         """Restore the shared noise generator; return this process's saved random streams."""
         self.noise_generator.set_state(state["noise_generator"])
         return state["rng"][self.rank]
-
-
-class _GlobalNoise(TorchFunctionMode):
-    """Inside it, `torch.randn` and `torch.randn_like` of a tensor of the local batch's size (its first dimension)
-    return this process's rows of the global batch's draw from the shared generator: the generator's z and the
-    conditioning augmentation's eps, which network.py (a course file) draws itself."""
-
-    def __init__(self, processes: Processes):
-        super().__init__()
-        self.processes = processes
-        self.local_size = processes.shares[processes.rank]
-
-    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None):
-        kwargs = kwargs or {}
-        if func is torch.randn and "generator" not in kwargs and "out" not in kwargs:
-            shape = tuple(args[0]) if len(args) == 1 and not isinstance(args[0], int) else tuple(args)
-            if shape and shape[0] == self.local_size:
-                return self.processes.global_draw(shape, **kwargs)
-        if func is torch.randn_like and len(args) == 1 and args[0].dim() and args[0].shape[0] == self.local_size:
-            like = args[0]
-            return self.processes.global_draw(tuple(like.shape), dtype=kwargs.get("dtype") or like.dtype,
-                                              device=kwargs.get("device") or like.device)
-        return func(*args, **kwargs)
 
 
 class _ScaleGradient(torch.autograd.Function):

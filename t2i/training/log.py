@@ -1,6 +1,8 @@
-"""loss_log.csv beside the checkpoints, and its picture.
+"""The run's log: the progress bar, the loss components of each report, loss_log.csv and its curve, the summary.
 
-One row per report interval and one per epoch (step = 'end', the epoch's means), with every loss component by
+`TrainingLog` is what train_step reports to: `components(step, stage)` gives a loss function a dict for its
+terms, `report` reads them back from the device (the only place losses are) and writes a row. loss_log.csv has
+one row per report interval and one per epoch (step = 'end', the epoch's means), with every loss component by
 name (`D/d_loss_real_cond_0`: the discriminator step's real-image conditional term at stage 0; `G/kl`: the
 generator step's KL term; ...) and, for evaluated epochs, the evaluation figures. A resumed run drops the rows
 of the part it redoes. `plots.plot_loss_curve` draws the file as loss_curve.png.
@@ -10,7 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
+from collections.abc import Iterable, Iterator
 
+import torch
+from tqdm import tqdm
+
+from t2i import plots
+from t2i.checkpoints import LOSS_LOG_FILE
 from t2i.files import atomic_write_text
 
 BASE_FIELDS = ["epoch", "step", "seconds", "d_loss", "g_loss"]
@@ -54,3 +63,71 @@ class LossLog:
         self.fields += [name for name in row if name not in self.fields]
         # Rewritten whole and atomically (the file is small): a kill during a write never leaves half a row.
         self._rewrite()
+
+
+class TrainingLog:
+    """The progress bar and the reports of a run; files only where `writes` (process 0 under torchrun, and not for
+    a plain `train_step`). `processes` (torchrun): the reported values are the global batch's."""
+
+    def __init__(self, writes: bool = False, processes=None):
+        self.writes = writes
+        self.processes = processes
+        self.loss_log: LossLog | None = None
+        self.curve_path: str | None = None
+        self.parts: dict[str, dict[str, torch.Tensor]] = {}
+        self.epoch = 0
+        self.progress: tqdm | None = None
+        self.epoch_started = self.run_started = time.time()
+
+    def open(self, checkpoint_path: str, result_path: str, resume_epoch: int | None, resume_step: int) -> None:
+        """loss_log.csv in `checkpoint_path` (without the rows a resumed run redoes) and its curve's path."""
+        if self.writes:
+            self.loss_log = LossLog(os.path.join(checkpoint_path, LOSS_LOG_FILE), resume_epoch, resume_step)
+            self.curve_path = os.path.join(result_path, "loss_curve.png")
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.epoch_started = time.time()
+
+    def steps(self, batches: Iterable, first: int, total: int) -> Iterator[tuple[int, object]]:
+        """(step, batch) under the epoch's progress bar (process 0 alone shows one)."""
+        self.progress = tqdm(batches, desc=f"epoch {self.epoch}", total=total, initial=first, dynamic_ncols=True,
+                             disable=not self.writes)
+        for step, batch in enumerate(self.progress, start=first):
+            self.parts = {}
+            yield step, batch
+        self.progress.close()
+
+    def components(self, step_name: str, stage: int | None) -> dict:
+        """A dict for a loss function to put its components in; they are logged as `D/name_stage` columns."""
+        parts: dict[str, torch.Tensor] = {}
+        self.parts[f"{step_name}/{stage}"] = parts
+        return parts
+
+    def report(self, step: int, d_loss: torch.Tensor, g_loss: torch.Tensor) -> None:
+        """Losses to the progress bar and the loss log: the only place losses are read back to the host."""
+        names = ["d_loss", "g_loss"]
+        values = [d_loss.detach().float(), g_loss.detach().float()]
+        for key, parts in self.parts.items():
+            step_name, stage = key.split("/")
+            for name, value in parts.items():
+                names.append(f"{step_name}/{name}" + (f"_{stage}" if stage != "None" else ""))
+                values.append(value.detach().float())
+        values = torch.stack(values)
+        if self.processes is not None:  # the components are this process's; the log shows the global batch's
+            values = self.processes.global_values(values)
+        losses = dict(zip(names, values.tolist()))
+        if self.progress is not None:
+            self.progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}")
+        if self.loss_log is not None:
+            self.loss_log.add(self.epoch, step, time.time() - self.epoch_started, losses)
+
+    def end_epoch(self, epoch: int, d_loss: float, g_loss: float, seconds: float, figures: dict | None) -> None:
+        """The epoch's row (its mean losses and evaluation figures) and the loss curve."""
+        if self.loss_log is not None:
+            self.loss_log.add(epoch, "end", seconds, {"d_loss": d_loss, "g_loss": g_loss}, figures)
+            plots.plot_loss_curve(self.loss_log.path, self.curve_path)
+
+    def summary(self, epochs_run: int, num_updates: int, skipped: int, checkpoint_path: str, result_path: str) -> str:
+        return (f"Done: {epochs_run} epoch(s) in {time.time() - self.run_started:.0f}s, {num_updates} updates, "
+                f"{skipped} skipped step(s); checkpoints in {checkpoint_path}, samples in {result_path}")

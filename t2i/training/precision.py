@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -75,34 +74,31 @@ def step_unless_found_inf(optimizer: torch.optim.Optimizer, found_inf: torch.Ten
     del optimizer.found_inf
 
 
-def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
-                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    also_required: torch.Tensor | None = None) -> torch.Tensor:
-    """Backward through `loss` (scaled) and one step of each optimizer, skipped when the loss is not finite (or
-    `also_required`, a bool tensor, is false). Returns whether the step was taken, as a bool tensor on the loss's
-    device: the skip happens there, with nothing read back to the host, so the host never waits for the device
-    here.
+def step_if_finite(optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler, loss: torch.Tensor,
+                   also_required: torch.Tensor | None = None, processes=None) -> torch.Tensor:
+    """After `scaler.scale(loss).backward()`: one step of each optimizer, skipped when the loss is not finite (or
+    `also_required`, a bool tensor, is false). Returns whether it was taken, as a bool tensor on the loss's device:
+    the skip happens there, with nothing read back to the host, so the host never waits for the device here.
 
-    The fused optimizers this package builds (`training_run.adam_options`) skip on the device: they take
-    `found_inf` as the gradient scaler hands it to them (the scaler's own check of the gradients, with loss
-    scaling; else the loss's). Any other optimizer (a plain `train_step`'s) is stepped only after the host has
-    read the flag. Among several processes, `reduce` runs between the backward and the steps
-    (t2i/training/distributed.py): it sums the gradients over the processes and returns whether every process's loss
-    was finite."""
+    The fused optimizers training builds (`adam_options`) skip on the device: they take `found_inf` as the
+    gradient scaler hands it to them (the scaler's own check of the gradients, with loss scaling; else the
+    loss's). Any other optimizer (a plain `train_step`'s) is stepped only after the host has read the flag. Under
+    torchrun (`processes`, t2i/training/distributed.py) the gradients are first summed over the processes, which
+    then all take the step or all skip it, and `loss` becomes the global batch's."""
     finite = torch.isfinite(loss.detach())
     if also_required is not None:
         finite = finite & also_required
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
+    if processes is not None:
+        finite = processes.sum_gradients(optimizers, loss, finite)
     if scaler.is_enabled():
-        # The scaler skips a step whose gradients are not finite; a non-finite loss can still have finite
-        # gradients (an infinite term no weight reaches), so its gradient is made NaN.
-        loss = loss * torch.where(finite, 1.0, float("nan"))
-    scaler.scale(loss).backward()
-    if reduce is not None:
-        finite = reduce(finite)
-    if scaler.is_enabled():
+        # The scaler skips a step whose gradients are not finite. A non-finite loss can still have finite
+        # gradients (an infinite term no weight reaches): one NaN gradient element makes the scaler skip it too.
+        nan_unless_finite = torch.where(finite, 0.0, float("nan"))
         for optimizer in optimizers:
+            grad = next((p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None),
+                        None)
+            if grad is not None:
+                grad[(0,) * grad.dim()].add_(nan_unless_finite)
             scaler.step(optimizer)
         scaler.update()
     elif all(skips_on_device(optimizer) for optimizer in optimizers):
@@ -113,3 +109,10 @@ def step_optimizers(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
         for optimizer in optimizers:
             optimizer.step()
     return finite
+
+
+def adam_options(device: torch.device) -> dict:
+    """Adam's fused kernel, on CUDA and on a CPU alike: one operation a step (on a 2-core CPU 4x faster than the
+    multi-tensor one, whose CPU version also reads every step count back with .item()), and it can skip a step
+    on the device (`found_inf`, see `step_if_finite`)."""
+    return {"fused": True}

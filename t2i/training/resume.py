@@ -15,6 +15,7 @@ Everything here is checked before the run writes its first file.
 """
 from __future__ import annotations
 
+import json
 import os
 from argparse import Namespace
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import torch.nn as nn
 
 from t2i import checkpoints
 from t2i.errors import T2IError
-from t2i.files import make_folder
+from t2i.files import atomic_write_text, make_folder, remove_file
 from t2i.training import distributed, options
 
 
@@ -125,19 +126,33 @@ class OutputFolders:
     moved: dict[str, list[str]]     # folder -> names to move into previous_run_<time>/
     copied: dict[str, list[str]]    # folder -> names to copy there (the continuing run keeps using them)
 
-    def prepare(self) -> None:
-        """Make the folders; with --overwrite, move the other run's files aside. Called once every input is
-        checked, just before the run's first write."""
+    def prepare(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
+        """Called once every input is checked, just before the run's first write: make the folders; with
+        --overwrite, move the other run's files aside; remove temporary files an interrupted save left; say what
+        changed since the resumed run; write run_options.json (every option in effect, and the CLIP of the data)."""
         make_folder(self.args.checkpoint_path, "--checkpoint_path")
         make_folder(self.args.result_path, "--result_path")
         folders = [folder for folder in self.moved if self.moved[folder]]
-        if not folders:
-            return
-        subfolder = checkpoints.previous_run_folder(folders)
-        for folder in folders:
-            target = checkpoints.move_aside(folder, subfolder, self.moved[folder], self.copied.get(folder, []))
-            print(f"--overwrite: moved {len(self.moved[folder])} file(s) of the previous run from {folder} into "
-                  f"{target}")
+        if folders:
+            subfolder = checkpoints.previous_run_folder(folders)
+            for folder in folders:
+                target = checkpoints.move_aside(folder, subfolder, self.moved[folder], self.copied.get(folder, []))
+                print(f"--overwrite: moved {len(self.moved[folder])} file(s) of the previous run from {folder} into "
+                      f"{target}")
+        for folder in dict.fromkeys([self.args.checkpoint_path, self.args.result_path]):
+            for path in checkpoints.remove_stale_files(folder):
+                print(f"Removed {path}, left by an interrupted save")
+        for change in resume.changes if resume is not None else []:
+            print(f"Changed since the resumed run: {change}")
+        record = {"options": options.saved_form(self.args), "clip": clip_identity}
+        atomic_write_text(os.path.join(self.args.checkpoint_path, checkpoints.RUN_OPTIONS_FILE),
+                          json.dumps(record, indent=2) + "\n")
+
+    def after_epoch(self) -> None:
+        """The epoch's files are written: the mid-epoch snapshot they supersede goes, and with --keep_last K the
+        epochs older than the newest K."""
+        remove_file(os.path.join(self.args.checkpoint_path, checkpoints.MID_EPOCH_FILE))
+        checkpoints.prune_epochs(self.args.checkpoint_path, self.args.keep_last, self.args.num_stage)
 
 
 def check_output_folder(args: Namespace, resume: ResumePoint | None) -> OutputFolders:
