@@ -151,9 +151,10 @@ def check_output_folder(args: Namespace, resume: ResumePoint | None) -> OutputFo
         if not later:
             return OutputFolders(args, {}, {})
         moved = {folder: [name for name in checkpoints.run_files(folder) if name in later] for folder in folders}
-        # The log, options, hyperparameters and loss curve describe the whole old run: a copy goes with it.
+        # The log, options, hyperparameters, loss curve and TensorBoard's curves describe the whole old run: a copy
+        # goes with it (the continuing run's TensorBoard writer drops the points after its resume point).
         kept = [checkpoints.HYPERPARAMETER_FILE, checkpoints.RUN_OPTIONS_FILE, checkpoints.LOSS_LOG_FILE,
-                "loss_curve.png"]
+                "loss_curve.png", checkpoints.TENSORBOARD_FOLDER]
         copied = {folder: [name for name in checkpoints.run_files(folder) if name in kept] for folder in folders}
         # A snapshot that --resume_epoch latest could not use (another number of processes) is set aside unasked.
         set_aside_unasked = resume.unusable_snapshot and later == {checkpoints.MID_EPOCH_FILE}

@@ -4,10 +4,10 @@
 Per iteration: the batches (progress bar, the move to the device, skipping a batch of one), mixed precision
 with gradient scaling, DiffAugment, mismatched captions, frozen discriminators in the generator step, a
 non-finite step that changes nothing (BatchNorm statistics restored), the EMA generator, reporting (progress
-bar, loss log) and mid-epoch snapshots. Per epoch: the resume state, evaluation, the loss log and curve,
-pruning. Per run: the checkpoint folder's checks, `run_options.json`, a one-line summary. Under torchrun, what the
-processes do together (`t2i/distributed.py`): synchronised BatchNorm, the global batch's noise and losses, summed
-gradients, every process's random streams in the resume state, files from process 0 alone.
+bar, loss log, TensorBoard) and mid-epoch snapshots. Per epoch: the resume state, evaluation, the loss log and
+curve, pruning. Per run: the checkpoint folder's checks, `run_options.json`, a one-line summary. Under torchrun,
+what the processes do together (`t2i/distributed.py`): synchronised BatchNorm, the global batch's noise and
+losses, summed gradients, every process's random streams in the resume state, files from process 0 alone.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from t2i.loss_log import LossLog
 from t2i.nonfinite import StepGuard, create_optimizer_state
 from t2i.precision import Precision, precision_for, step_optimizers
 from t2i.resume import ResumePoint
+from t2i.tensorboard_log import TensorBoardLog
 
 
 # The EMA generator's BatchNorm statistics are measured on this many batches of training captions and fresh noise,
@@ -109,6 +110,7 @@ class TrainingRun:
         self.epoch, self.step, self.steps_in_epoch = 0, 0, 0
         self.bad_in_a_row = self.skipped = 0
         self.loss_log: LossLog | None = None
+        self.tensorboard = TensorBoardLog.for_run(args, self.writes)  # live curves (opened by begin)
         self.components: dict[str, torch.Tensor] = {}
         self.epoch_started = self.run_started = time.time()
 
@@ -264,6 +266,7 @@ class TrainingRun:
         self.progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}")
         if self.loss_log is not None:
             self.loss_log.add(self.epoch, step, time.time() - self.epoch_started, losses)
+        self.tensorboard.report(self.num_updates, losses, [self.optim_g, *self.optim_d_list], self.skipped)
 
     def after_step(self, step: int) -> None:
         """A mid-epoch snapshot every --save_every_steps iterations (not after the last one: the epoch's files
@@ -362,7 +365,7 @@ class TrainingRun:
     def begin(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
         """The folders' bookkeeping, once the input is known to be good: stale temporary files go, the option
         changes since the resumed run (checked by find_resume_point) are printed, the options are written to
-        run_options.json, the loss log opens. Only process 0 writes."""
+        run_options.json, the loss log and TensorBoard's event files open. Only process 0 writes."""
         if not self.writes:
             return
         folder = self.args.checkpoint_path
@@ -375,6 +378,7 @@ class TrainingRun:
         atomic_write_text(os.path.join(folder, checkpoints.RUN_OPTIONS_FILE), json.dumps(record, indent=2) + "\n")
         log_path = os.path.join(folder, checkpoints.LOSS_LOG_FILE)
         self.loss_log = LossLog(log_path, resume.epoch if resume else None, resume.step if resume else 0)
+        self.tensorboard.open(resume)
 
     def start_epoch(self, epoch: int, loader: DataLoader, resume: ResumePoint | None) -> None:
         self.epoch = epoch
@@ -424,6 +428,9 @@ class TrainingRun:
             return
         self.loss_log.add(epoch, "end", seconds, {"d_loss": d_loss, "g_loss": g_loss}, figures)
         plots.plot_loss_curve(self.loss_log.path, os.path.join(self.args.result_path, "loss_curve.png"))
+        self.tensorboard.end_epoch(self.num_updates, epoch, {"d_loss": d_loss, "g_loss": g_loss, "seconds": seconds},
+                                   figures, os.path.join(self.args.result_path, f"epoch_{epoch}.png"),
+                                   last=epoch + 1 == self.args.num_epochs)
         mid_path = os.path.join(self.args.checkpoint_path, checkpoints.MID_EPOCH_FILE)
         remove_file(mid_path)  # superseded by the complete epoch
         checkpoints.prune_epochs(self.args.checkpoint_path, self.args.keep_last, len(self.D_list))
