@@ -94,6 +94,19 @@ def test_notebook_is_valid_and_has_parameter_cells():
     assert all(cell.source.strip() for cell in notebook.cells)
 
 
+def test_every_path_is_a_setting_and_tensorboard_opens_before_training():
+    """Paths live in the settings cell alone (a test or another machine moves them all there), and the TensorBoard
+    cell comes before the training cell, which blocks every later cell while it runs."""
+    code = [cell for cell in load_notebook().cells if cell.cell_type == "code"]
+    for cell in code:
+        if "parameters" not in cell.metadata.get("tags", []):
+            assert "/content" not in cell.source, f"a literal /content path outside the settings: {cell.source[:80]}"
+    (tensorboard,) = [index for index, cell in enumerate(code) if "%tensorboard" in cell.source]
+    (training,) = [index for index, cell in enumerate(code) if "!python main.py" in cell.source]
+    assert tensorboard < training
+    assert '%tensorboard --logdir "{CKPT_DIR}"' in code[tensorboard].source
+
+
 def test_every_python_command_parses():
     commands = python_commands()
     scripts = {script for script, _ in commands}
