@@ -29,7 +29,8 @@ from test_notebook import GPU_CHECK, NOTEBOOK, ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-DRIVE_STUB = '''"""google.colab.drive for tests/test_notebook_run.py: mount(path) makes path/MyDrive the folder $T2I_TEST_DRIVE."""
+DRIVE_STUB = '''"""google.colab.drive for tests/test_notebook_run.py: mount(path) makes path/MyDrive the folder
+$T2I_TEST_DRIVE."""
 import os
 
 
@@ -54,7 +55,9 @@ def _checked_system(command):
 
 
 get_ipython().system = _checked_system'''
-SMALL = {"BATCH_SIZE": 4, "EVAL_SAMPLES": 10, "TRAIN_CAPTIONS": 2, "EXTRA_TRAIN_FLAGS": "--g_in_chans 64 --d_in_chans 8"}
+# On top of gpu_check's reduced sizes: a smaller batch and model for a CPU (20 training images: 5 steps an epoch).
+SMALL = {"BATCH_SIZE": 4, "EVAL_SAMPLES": 10, "TRAIN_CAPTIONS": 2,
+         "EXTRA_TRAIN_FLAGS": "--g_in_chans 64 --d_in_chans 8"}
 
 
 def write_google_colab_stub(folder: str) -> None:

@@ -154,7 +154,8 @@ def test_an_explicit_tensorboard_without_the_package_is_refused_before_any_write
     monkeypatch.setattr(tensorboard_log, "summary_writer_class", lambda: None)
     argv = train_argv(preprocessed_zips["train"], tmp_path / "ck", tmp_path / "res", tiny_clip_path, 1)
     message = one_line_exit(main.main, argv + ["--tensorboard"])
-    assert message.startswith("--tensorboard: the tensorboard package is not installed") and "--no-tensorboard" in message
+    assert message.startswith("--tensorboard: the tensorboard package is not installed")
+    assert "--no-tensorboard" in message
     assert tree(tmp_path) == {}
 
 
