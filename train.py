@@ -49,6 +49,7 @@ from t2i.training.resume import check_output_folder, find_resume_point
 from t2i.training.samples import sample_conditions, save_sample_grid
 from t2i.training.state import RunState
 from t2i.training.step import StepSettings, frozen
+from t2i.training.tensorboard import TensorBoardLog
 from train_utils import (KL_divergence, clip_preprocess, denormalize_image, gather_all, load_checkpoint, normalize,
                          save_hyp, save_model)
 
@@ -291,7 +292,8 @@ def run_helpers(args: Namespace, device: torch.device, G: nn.Module, D_lst: list
     step = StepSettings.for_run(args, device, G, D_lst, optim_g, optim_d_lst)
     ema = GeneratorEMA(G, args.ema_decay, dataset, args.batch_size, args.noise_dim) if args.ema else None
     state = RunState(args, G, D_lst, optim_g, optim_d_lst, step, ema, writes=writes)
-    return RunHelpers(step, TrainingLog(writes=writes, processes=step.processes), ema, state)
+    log = TrainingLog(writes, step.processes, TensorBoardLog.for_run(args, writes), [optim_g, *optim_d_lst], step)
+    return RunHelpers(step, log, ema, state)
 
 
 class CourseModel:
@@ -396,11 +398,10 @@ def train(args: Namespace) -> None:
         helpers = run_helpers(args, device, G, D_lst, optim_g, optim_d_lst, train_dataset, writes=processes.main)
         log, state = helpers.log, helpers.state
         if processes.main:  # under torchrun, process 0 alone writes files
-            # The folders (with --overwrite, another run's files moved aside first) and run_options.json.
-            output_folders.prepare(resume, data_clip or (clip_model and clip_utils.clip_identity_of(clip_model)))
+            output_folders.prepare()  # makes the folders (with --overwrite, moves another run's files aside first)
             save_hyp(args, model.g_in_chans, model.g_out_chans, model.d_in_chans, model.d_out_chans)
-        log.open(args.checkpoint_path, args.result_path, resume.epoch if resume else None,
-                 resume.step if resume else 0)
+            output_folders.record(resume, data_clip or (clip_model and clip_utils.clip_identity_of(clip_model)))
+        log.open(args.checkpoint_path, args.result_path, resume)
         samples = sample_conditions(train_dataset)
         if resume is not None:
             state.restore(resume)
@@ -424,16 +425,17 @@ def train(args: Namespace) -> None:
             # file exists is complete and resumes exactly.
             state.save_epoch(epoch)
             figures = None
+            grid_path = os.path.join(args.result_path, f"epoch_{epoch}.png")
             if processes.main:
                 save_model(args, state.saved_generator(), D_lst, epoch, num_stage)
-                save_sample_grid(state.saved_generator(), *samples, args.noise_dim,
-                                 os.path.join(args.result_path, f"epoch_{epoch}.png"), device)
+                save_sample_grid(state.saved_generator(), *samples, args.noise_dim, grid_path, device)
                 figures = evaluate_epoch(evaluator, state.saved_generator(), epoch, args.eval_every,
                                          args.result_path)  # --eval_every K: FID, IS, KID, CLIP score
             if processes.world_size > 1:  # torchrun: none goes on while process 0 could still fail to save
                 processes.barrier()
             if processes.main:
-                log.end_epoch(epoch, d_loss, g_loss, end_time - start_time, figures)
+                log.end_epoch(epoch, d_loss, g_loss, end_time - start_time, figures, grid_path,
+                              last=epoch + 1 == args.num_epochs)
                 output_folders.after_epoch()
         print(log.summary(max(args.num_epochs - start_epoch, 0), helpers.step.num_updates, helpers.step.skipped,
                           args.checkpoint_path, args.result_path))

@@ -5,8 +5,8 @@
     python .ci/gpu_check.py --skip_tests --benchmark   # and the training-loop benchmark (about 10 more minutes)
 
 On synthetic data, with a random-weight ViT-B/32 (the real architecture; nothing is downloaded):
-  1. every command of colab.ipynb's cells, in order, at reduced sizes (the settings cell's values are replaced,
-     its Drive and /content paths moved into a temporary folder);
+  1. every command of colab.ipynb's cells, in order, at reduced sizes (the settings cell's values are replaced:
+     its Drive and /content paths moved into a temporary folder, the stand-in CLIP and Inception, a small model);
   2. training without and with AMP, and a resume of the AMP run;
   3. generation, evaluation and the submission check on the resumed run;
   4. the demo (`demo.py --quick --offline`);
@@ -39,18 +39,33 @@ BENCHMARK = ["-m", "benchmarks.train_loop", "--device", "cuda", "--stages", "1,3
              "--rounds", "2", "--iterations", "200", "--epoch_iterations", "100", "--count_ops"]
 
 
-def notebook_settings(content_dir: str) -> dict:
-    """The settings cell run as Colab runs it, with SMALL_SETTINGS and /content moved to `content_dir`."""
+def small_settings(content_dir: str, clip_path: str, inception_path: str) -> dict:
+    """SMALL_SETTINGS, Colab's /content (and Drive in it) moved to `content_dir`, the stand-in CLIP and Inception
+    files and SMALL_MODEL: the values that run the notebook on any machine, offline."""
+    return {**SMALL_SETTINGS, "CONTENT_DIR": content_dir, "DRIVE_DIR": f"{content_dir}/drive/MyDrive/t2i",
+            "WORK_DIR": f"{content_dir}/t2i", "CLIP_MODEL": clip_path, "INCEPTION_WEIGHTS": inception_path,
+            "EXTRA_TRAIN_FLAGS": shlex.join(SMALL_MODEL)}
+
+
+def with_settings(source: str, values: dict) -> str:
+    """A settings cell's source with its `NAME = value` lines set to `values`, as a user edits the form; a name
+    that the cell does not set is an error (a setting renamed in the notebook)."""
+    for name, value in values.items():
+        source, found = re.subn(rf"^{name} = .*$", lambda _: f"{name} = {value!r}", source, flags=re.M)
+        if found != 1:
+            raise ValueError(f"colab.ipynb: the settings cell sets {name} {found} times, not once")
+    return source
+
+
+def notebook_settings(values: dict) -> dict:
+    """The names the settings cell defines, run as Colab runs it with `values` in the form."""
     import nbformat
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     namespace: dict = {}
     for cell in notebook.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            source = cell.source.replace('"/content', f'"{content_dir}')
-            for name, value in SMALL_SETTINGS.items():
-                source = re.sub(rf"^{name} = .*$", f"{name} = {value!r}", source, flags=re.M)
-            exec(source, namespace)
+            exec(with_settings(cell.source, values), namespace)
     namespace.pop("__builtins__", None)
     return namespace
 
@@ -103,17 +118,6 @@ class Checker:
         self.results.append("SKIP")
 
 
-def script_flags(script: str, clip_path: str, inception_path: str, device: str) -> list[str]:
-    """What each notebook command gets on top of its own flags: the stand-ins, the device, a small model."""
-    flags = {"main.py": ["--clip_model", clip_path, "--device", device, *SMALL_MODEL],
-             "generate_image.py": ["--clip_model", clip_path, "--device", device],
-             "evaluate.py": ["--clip_model", clip_path, "--inception_weights", inception_path, "--device", device],
-             "check_submission.py": ["--clip_model", clip_path, "--device", device]}
-    if script.startswith("preproc_datasets_celeba_zip_"):
-        return ["--clip_model", clip_path, "--device", device]
-    return flags.get(script, [])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check the GPU path end to end, one line per step.")
     parser.add_argument("--skip_tests", action="store_true", help="leave out the test suite at the end")
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         inception_path = metrics.make_random_inception(os.path.join(tmp, "inception_random.pth"))
 
         # 1. The notebook's commands, in order.
-        namespace = notebook_settings(os.path.join(tmp, "content"))
+        namespace = notebook_settings(small_settings(os.path.join(tmp, "content"), clip_path, inception_path))
         drive = namespace["DRIVE_DIR"]
         world.write_raw_dataset(drive, num_images=60, num_train=40, num_test=20, size=256, seed=0)
         for folder in (namespace["OUTPUT_DIR"], os.path.dirname(namespace["LOCAL_RAW_ZIP"])):
@@ -154,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 namespace["EPOCH"] = epochs[-1] if epochs else 0
             expanded = expand(command, namespace)
             words = shlex.split(expanded)
-            if words[0] in ("python", "python3"):
-                words = [python, *words[1:], *script_flags(words[1], clip_path, inception_path, device)]
+            if words[0] in ("python", "python3"):  # each command's device: CUDA when there is one
+                words = [python, *words[1:]]
                 checker.step(f"notebook cell {cell}: {' '.join(words[1:3])}", words)
             else:  # a shell line (copies between Drive and the local disk), run as the notebook runs it
                 checker.step(f"notebook cell {cell}: {words[0]}", expanded)

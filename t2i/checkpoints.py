@@ -4,9 +4,9 @@ The contract's files (`epoch_N_Gen.pt`, `epoch_N_Dis_i.pt`, `hyperparameter.pt`)
 `train_utils` with `files.atomic_save`. Beside them training keeps `epoch_N_state.pt` (optimizers, gradient
 scalers, RNG states, the raw generator when the saved one is an EMA), `mid_epoch_state.pt` (a rolling
 mid-epoch snapshot with the weights too), `run_options.json` (every option of the run, and the CLIP that
-made its data) and `loss_log.csv`; the sample grids and evaluation reports go to the result folder. Every
-weight file is read through `load_state_file`: strict, with `weights_only=True`, refusing NaN or Inf with the
-last clean epoch named.
+made its data), `loss_log.csv` and `tensorboard/` (TensorBoard's event files, t2i/training/tensorboard.py); the
+sample grids and evaluation reports go to the result folder. Every weight file is read through
+`load_state_file`: strict, with `weights_only=True`, refusing NaN or Inf with the last clean epoch named.
 
 Nothing here deletes or moves a file of a name training does not write (`is_run_file`): `--keep_last` prunes
 old epochs, stale temporary files are removed, and `--overwrite` moves another run's files into a
@@ -35,12 +35,14 @@ HYPERPARAMETER_FILE = "hyperparameter.pt"
 MID_EPOCH_FILE = "mid_epoch_state.pt"
 RUN_OPTIONS_FILE = "run_options.json"
 LOSS_LOG_FILE = "loss_log.csv"
+TENSORBOARD_FOLDER = "tensorboard"
 HYPERPARAMETER_KEYS = ("clip_embedding_dim", "projection_dim", "noise_dim", "num_stage", "use_uncond_loss",
                        "use_contrastive_loss", "batch_size", "num_epochs", "learning_rate", "g_in_chans",
                        "g_out_chans", "d_in_chans", "d_out_chans")
-# Every name training writes into a checkpoint folder (the only names it ever deletes or cleans up after).
+# Every name training writes into a checkpoint folder (the only names it ever deletes or cleans up after); one is
+# a folder, TENSORBOARD_FOLDER.
 OUR_NAMES = re.compile(r"epoch_\d+_(Gen|Dis_\d+|state)\.pt|hyperparameter\.pt|mid_epoch_state\.pt|"
-                       r"run_options\.json|loss_log\.csv")
+                       r"run_options\.json|loss_log\.csv|tensorboard")
 # Every name training (and evaluate.py's default report) writes into a result folder.
 RESULT_NAMES = re.compile(r"epoch_\d+\.png|loss_curve\.png|eval_epoch_\d+(_grid)?\.(json|png)")
 EPOCH_OF_NAME = re.compile(r"(eval_)?epoch_(?P<epoch>\d+)[_.].*")
@@ -76,11 +78,12 @@ def epoch_of_name(name: str) -> int | None:
 
 
 def run_files(folder: str) -> list[str]:
-    """The names of run files in `folder` (not in its subfolders), sorted."""
+    """The names of run files in `folder` (not in its subfolders), and its TensorBoard folder, sorted."""
     if not os.path.isdir(folder):
         return []
+    kind = {TENSORBOARD_FOLDER: os.path.isdir}  # every other run file is a file
     return sorted(name for name in os.listdir(folder)
-                  if is_run_file(name) and os.path.isfile(os.path.join(folder, name)))
+                  if is_run_file(name) and kind.get(name, os.path.isfile)(os.path.join(folder, name)))
 
 
 def remove_stale_files(folder: str) -> list[str]:
@@ -99,16 +102,19 @@ def previous_run_folder(folders: list[str]) -> str:
 
 
 def move_aside(folder: str, subfolder: str, moved: list[str], copied: list[str] = ()) -> str:
-    """Move the files `moved` of `folder` into `folder/subfolder` (and copy `copied` there, files the continuing
-    run keeps using); return the subfolder's path. Each move is a rename: a kill in between leaves every file
-    whole, in one place or the other."""
+    """Move the files `moved` of `folder` into `folder/subfolder` (and copy `copied` there, files or the
+    TensorBoard folder that the continuing run keeps using); return the subfolder's path. Each move is a rename: a
+    kill in between leaves every file whole, in one place or the other."""
     target = os.path.join(folder, subfolder)
     make_folder(target)
     for name in copied:
         source = os.path.join(folder, name)
-        if os.path.isfile(source):
+        if os.path.exists(source):
             try:
-                shutil.copy2(source, os.path.join(target, name))
+                if os.path.isdir(source):
+                    shutil.copytree(source, os.path.join(target, name))
+                else:
+                    shutil.copy2(source, os.path.join(target, name))
             except OSError as err:
                 raise write_error(os.path.join(target, name), err) from None
     for name in moved:

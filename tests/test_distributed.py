@@ -259,7 +259,8 @@ def test_process_0_writes_the_contract_files_and_prints_the_global_batch(straigh
     checkpoint_path = os.path.join(straight_run["folder"], "checkpoints")
     assert sorted(os.listdir(checkpoint_path)) == sorted(
         epoch_files(0) + epoch_files(1) + ["epoch_0_state.pt", "epoch_1_state.pt", "hyperparameter.pt",
-                                           "loss_log.csv", "run_options.json"])
+                                           "loss_log.csv", "run_options.json", "tensorboard"])
+    assert len(os.listdir(os.path.join(checkpoint_path, "tensorboard"))) == 1  # one event file: process 0's
     assert sorted(os.listdir(os.path.join(straight_run["folder"], "results"))) == ["epoch_0.png", "epoch_1.png",
                                                                                    "loss_curve.png"]
     hyp = checkpoints.read_hyperparameters(checkpoint_path)

@@ -73,13 +73,13 @@ def test_1_overwrite_moves_the_previous_run_aside_and_resume_continues_the_new_r
     main.main(argv(1, "--overwrite", "--g_in_chans", "128"))  # a fresh run with other hyperparameters
     (previous,) = previous_runs(ckpt)
     assert set(os.listdir(ckpt)) == {"epoch_0_Gen.pt", "epoch_0_Dis_0.pt", "epoch_0_state.pt", "hyperparameter.pt",
-                                     "loss_log.csv", "run_options.json", "my_notes.txt", previous}
+                                     "loss_log.csv", "run_options.json", "tensorboard", "my_notes.txt", previous}
     assert sorted(os.listdir(results)) == ["epoch_0.png", "loss_curve.png", previous]
     # Nothing lost: every file of the old run is in previous_run_<time>/, byte for byte; other files stay.
     assert tree(os.path.join(ckpt, previous)) == {name: value for name, value in old_ckpt.items()
                                                   if name != "my_notes.txt"}
     assert tree(os.path.join(results, previous)) == old_results
-    assert f"--overwrite: moved 13 file(s) of the previous run from {ckpt} into" in capsys.readouterr().out
+    assert f"--overwrite: moved 14 file(s) of the previous run from {ckpt} into" in capsys.readouterr().out
 
     main.main(argv(2, "--g_in_chans", "128", "--resume_checkpoint_path", ckpt, "--resume_epoch", "latest"))
     assert "Resuming from epoch 0 in" in capsys.readouterr().out  # the new run, not the old epoch 2 or snapshot
@@ -91,7 +91,9 @@ def test_1_a_fresh_run_refuses_folders_holding_another_runs_files(copied, argv, 
     ckpt = copied["ckpt"]
     if leftover != "epochs":
         for name in os.listdir(ckpt):
-            if leftover == "sample_grid" or name.startswith("epoch_"):
+            if leftover == "sample_grid" and name == checkpoints.TENSORBOARD_FOLDER:
+                shutil.rmtree(os.path.join(ckpt, name))
+            elif leftover == "sample_grid" or name.startswith("epoch_"):
                 os.remove(os.path.join(ckpt, name))
         if leftover == "mid_epoch_snapshot":
             torch.save({"trainer": {}, "epoch": 3, "step": 2}, os.path.join(ckpt, "mid_epoch_state.pt"))
@@ -381,7 +383,7 @@ def test_4_preprocessing_killed_midway_leaves_no_zip_and_the_next_run_cleans_its
             "--batch_size", "4", "--num_workers", "1"]
     code = """
 import json, os, time
-from t2i import preprocessing
+from t2i.data import preprocessing
 real_add = preprocessing.PreprocessedZipWriter.add
 calls = []
 def add(self, *args, **kwargs):

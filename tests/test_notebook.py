@@ -94,6 +94,19 @@ def test_notebook_is_valid_and_has_parameter_cells():
     assert all(cell.source.strip() for cell in notebook.cells)
 
 
+def test_every_path_is_a_setting_and_tensorboard_opens_before_training():
+    """Paths live in the settings cell alone (a test or another machine moves them all there), and the TensorBoard
+    cell comes before the training cell, which blocks every later cell while it runs."""
+    code = [cell for cell in load_notebook().cells if cell.cell_type == "code"]
+    for cell in code:
+        if "parameters" not in cell.metadata.get("tags", []):
+            assert "/content" not in cell.source, f"a literal /content path outside the settings: {cell.source[:80]}"
+    (tensorboard,) = [index for index, cell in enumerate(code) if "%tensorboard" in cell.source]
+    (training,) = [index for index, cell in enumerate(code) if "!python main.py" in cell.source]
+    assert tensorboard < training
+    assert '%tensorboard --logdir "{CKPT_DIR}"' in code[tensorboard].source
+
+
 def test_every_python_command_parses():
     commands = python_commands()
     scripts = {script for script, _ in commands}
@@ -129,9 +142,14 @@ def test_generation_uses_the_grader_prompts():
 
 
 def test_the_gpu_check_runs_every_notebook_command_at_reduced_sizes(tmp_path):
-    small = GPU_CHECK.notebook_settings(str(tmp_path))
-    assert small["DRIVE_DIR"].startswith(str(tmp_path)) and small["LOCAL_TRAIN_ZIP"].startswith(str(tmp_path))
+    small = GPU_CHECK.notebook_settings(GPU_CHECK.small_settings(str(tmp_path), "clip.pt", "inception.pt"))
+    paths = ("DRIVE_DIR", "DRIVE_MOUNT", "WORK_DIR", "LOCAL_RAW_ZIP", "LOCAL_TRAIN_ZIP", "SAMPLE_PNG", "OUTPUT_DIR")
+    assert all(small[name].startswith(str(tmp_path)) for name in paths)
+    assert small["DRIVE_DIR"].startswith(small["DRIVE_MOUNT"] + "/")
     assert small["NUM_EPOCHS"] == 2 and small["EVAL_SAMPLES"] < 100
+    assert small["INCEPTION_FLAG"] == '--inception_weights "inception.pt"'
+    with pytest.raises(ValueError, match="sets NO_SUCH_SETTING 0 times"):
+        GPU_CHECK.notebook_settings({"NO_SUCH_SETTING": 1})
     scripts = {shlex.split(command)[1] for _, command in GPU_CHECK.notebook_commands()
                if command.startswith("python")}
     assert scripts == set(PARSERS)

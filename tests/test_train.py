@@ -56,7 +56,7 @@ def test_one_epoch_writes_exactly_the_contract_files(run, tmp_path):
     written = set(os.listdir(checkpoint_path))
     assert set(epoch_files(0, 3)) | {"hyperparameter.pt"} <= written
     assert written - set(epoch_files(0, 3)) - {"hyperparameter.pt"} == {"epoch_0_state.pt", "loss_log.csv",
-                                                                           "run_options.json"}
+                                                                           "run_options.json", "tensorboard"}
     hyp = tensors(checkpoint_path / "hyperparameter.pt")
     assert hyp == {"clip_embedding_dim": 512, "projection_dim": 8, "noise_dim": 8, "num_stage": 3,
                    "use_uncond_loss": True, "use_contrastive_loss": True, "batch_size": 4, "num_epochs": 1,
@@ -174,7 +174,7 @@ def test_keep_last_keeps_the_newest_epochs_and_nothing_else_is_touched(run, tmp_
     run("keep", 3, "--keep_last", "1")
     assert sorted(os.listdir(folder)) == sorted(epoch_files(2, 1) + ["epoch_2_state.pt", "hyperparameter.pt",
                                                                       "loss_log.csv", "run_options.json",
-                                                                      "my_notes.txt"])
+                                                                      "tensorboard", "my_notes.txt"])
 
 
 def test_a_non_finite_loss_is_skipped_and_reported(run, monkeypatch, capsys):

@@ -1,4 +1,5 @@
-"""The run's log: the progress bar, the loss components of each report, loss_log.csv and its curve, the summary.
+"""The run's log: the progress bar, the loss components of each report, loss_log.csv and its curve, TensorBoard's
+live curves (t2i/training/tensorboard.py), the summary.
 
 `TrainingLog` is what train_step reports to: `components(step, stage)` gives a loss function a dict for its
 terms, `report` reads them back from the device (the only place losses are) and writes a row. loss_log.csv has
@@ -21,6 +22,8 @@ from tqdm import tqdm
 from t2i import plots
 from t2i.checkpoints import LOSS_LOG_FILE
 from t2i.files import atomic_write_text
+from t2i.training.resume import ResumePoint
+from t2i.training.tensorboard import TensorBoardLog
 
 BASE_FIELDS = ["epoch", "step", "seconds", "d_loss", "g_loss"]
 EVAL_FIELDS = ["fid", "kid_mean", "is_mean", "clip_score"]
@@ -67,11 +70,17 @@ class LossLog:
 
 class TrainingLog:
     """The progress bar and the reports of a run; files only where `writes` (process 0 under torchrun, and not for
-    a plain `train_step`). `processes` (torchrun): the reported values are the global batch's."""
+    a plain `train_step`). `processes` (torchrun): the reported values are the global batch's. TensorBoard's curves
+    (`tensorboard`) plot against the update count of `counts` (the run's StepSettings), beside the learning rates of
+    `optimizers` and the skipped steps."""
 
-    def __init__(self, writes: bool = False, processes=None):
+    def __init__(self, writes: bool = False, processes=None, tensorboard: TensorBoardLog | None = None,
+                 optimizers: list[torch.optim.Optimizer] = (), counts=None):
         self.writes = writes
         self.processes = processes
+        self.tensorboard = tensorboard or TensorBoardLog()
+        self.optimizers = list(optimizers)
+        self.counts = counts
         self.loss_log: LossLog | None = None
         self.curve_path: str | None = None
         self.parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -79,11 +88,14 @@ class TrainingLog:
         self.progress: tqdm | None = None
         self.epoch_started = self.run_started = time.time()
 
-    def open(self, checkpoint_path: str, result_path: str, resume_epoch: int | None, resume_step: int) -> None:
-        """loss_log.csv in `checkpoint_path` (without the rows a resumed run redoes) and its curve's path."""
+    def open(self, checkpoint_path: str, result_path: str, resume: ResumePoint | None) -> None:
+        """loss_log.csv in `checkpoint_path` (without the rows a resumed run redoes), its curve's path, and
+        TensorBoard's writer (dropping the points a resumed run redoes)."""
         if self.writes:
-            self.loss_log = LossLog(os.path.join(checkpoint_path, LOSS_LOG_FILE), resume_epoch, resume_step)
+            self.loss_log = LossLog(os.path.join(checkpoint_path, LOSS_LOG_FILE), resume.epoch if resume else None,
+                                    resume.step if resume else 0)
             self.curve_path = os.path.join(result_path, "loss_curve.png")
+            self.tensorboard.open(resume)
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -121,12 +133,20 @@ class TrainingLog:
             self.progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}")
         if self.loss_log is not None:
             self.loss_log.add(self.epoch, step, time.time() - self.epoch_started, losses)
+        if self.counts is not None:
+            self.tensorboard.report(self.counts.num_updates, losses, self.optimizers, self.counts.skipped)
 
-    def end_epoch(self, epoch: int, d_loss: float, g_loss: float, seconds: float, figures: dict | None) -> None:
-        """The epoch's row (its mean losses and evaluation figures) and the loss curve."""
+    def end_epoch(self, epoch: int, d_loss: float, g_loss: float, seconds: float, figures: dict | None,
+                  grid_path: str, last: bool) -> None:
+        """The epoch's row (its mean losses and evaluation figures), the loss curve, and on TensorBoard the same
+        with the epoch's sample grid (`grid_path`); its writer closes after the `last` epoch."""
         if self.loss_log is not None:
             self.loss_log.add(epoch, "end", seconds, {"d_loss": d_loss, "g_loss": g_loss}, figures)
             plots.plot_loss_curve(self.loss_log.path, self.curve_path)
+        if self.counts is not None:
+            evaluated = {name: figures[name] for name in EVAL_FIELDS if figures and figures.get(name) is not None}
+            self.tensorboard.end_epoch(self.counts.num_updates, epoch, {"d_loss": d_loss, "g_loss": g_loss,
+                                                                        "seconds": seconds}, evaluated, grid_path, last)
 
     def summary(self, epochs_run: int, num_updates: int, skipped: int, checkpoint_path: str, result_path: str) -> str:
         return (f"Done: {epochs_run} epoch(s) in {time.time() - self.run_started:.0f}s, {num_updates} updates, "

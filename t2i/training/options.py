@@ -112,6 +112,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("num_workers", 0, "DataLoader worker processes (0: the data is in memory already)", RUN, IGNORE, int),
     Option("save_every_steps", 0, "mid-epoch snapshot every N iterations (0: off)", RUN, IGNORE, int),
     Option("keep_last", 0, "keep only the newest K epochs' files (0: keep all)", RUN, IGNORE, int),
+    Option("tensorboard", None, "live curves for TensorBoard in CHECKPOINT_PATH/tensorboard/ (losses, learning rates, "
+           "sample grids, --eval_every figures; default: on when the tensorboard package is installed)", RUN, IGNORE),
     Option("max_bad_steps", 5, "stop after this many non-finite losses in a row", RUN, IGNORE, int),
     Option("allow_clip_mismatch", False, "accept a --clip_model other than the CLIP that preprocessed the data",
            RUN, IGNORE),

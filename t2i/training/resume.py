@@ -126,10 +126,9 @@ class OutputFolders:
     moved: dict[str, list[str]]     # folder -> names to move into previous_run_<time>/
     copied: dict[str, list[str]]    # folder -> names to copy there (the continuing run keeps using them)
 
-    def prepare(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
+    def prepare(self) -> None:
         """Called once every input is checked, just before the run's first write: make the folders; with
-        --overwrite, move the other run's files aside; remove temporary files an interrupted save left; say what
-        changed since the resumed run; write run_options.json (every option in effect, and the CLIP of the data)."""
+        --overwrite, move the other run's files aside."""
         make_folder(self.args.checkpoint_path, "--checkpoint_path")
         make_folder(self.args.result_path, "--result_path")
         folders = [folder for folder in self.moved if self.moved[folder]]
@@ -139,6 +138,10 @@ class OutputFolders:
                 target = checkpoints.move_aside(folder, subfolder, self.moved[folder], self.copied.get(folder, []))
                 print(f"--overwrite: moved {len(self.moved[folder])} file(s) of the previous run from {folder} into "
                       f"{target}")
+
+    def record(self, resume: ResumePoint | None, clip_identity: dict | None) -> None:
+        """After hyperparameter.pt: remove temporary files an interrupted save left; say what changed since the
+        resumed run; write run_options.json (every option in effect, and the CLIP of the data)."""
         for folder in dict.fromkeys([self.args.checkpoint_path, self.args.result_path]):
             for path in checkpoints.remove_stale_files(folder):
                 print(f"Removed {path}, left by an interrupted save")
@@ -167,9 +170,10 @@ def check_output_folder(args: Namespace, resume: ResumePoint | None) -> OutputFo
         if not later:
             return OutputFolders(args, {}, {})
         moved = {folder: [name for name in checkpoints.run_files(folder) if name in later] for folder in folders}
-        # The log, options, hyperparameters and loss curve describe the whole old run: a copy goes with it.
+        # The log, options, hyperparameters, loss curve and TensorBoard's curves describe the whole old run: a copy
+        # goes with it (the continuing run's TensorBoard writer drops the points after its resume point).
         kept = [checkpoints.HYPERPARAMETER_FILE, checkpoints.RUN_OPTIONS_FILE, checkpoints.LOSS_LOG_FILE,
-                "loss_curve.png"]
+                "loss_curve.png", checkpoints.TENSORBOARD_FOLDER]
         copied = {folder: [name for name in checkpoints.run_files(folder) if name in kept] for folder in folders}
         # A snapshot that --resume_epoch latest could not use (another number of processes) is set aside unasked.
         set_aside_unasked = resume.unusable_snapshot and later == {checkpoints.MID_EPOCH_FILE}
