@@ -3,7 +3,10 @@
 * Writes go to a temporary name beside the target (`<name>.tmp-<pid>`), are flushed to disk, then renamed over
   the target: a rename within one folder is atomic, so the target always holds either the old file or the new
   one, whatever interrupts the write (a Colab disconnect, `kill -9`, a full disk). A write that fails removes
-  its temporary file and raises a T2IError naming the file and the cause (full disk, read-only folder, ...).
+  its temporary file and raises a T2IError naming the file and the cause (full disk, read-only folder, ...); a
+  stop (Ctrl-C) during it removes the temporary file too and raises `Interrupted` naming the file. The cause is
+  the operating system's: "the disk is full" only when it said so, or, for torch's writer (which hides the error
+  of its write), when the disk has no free space left.
   Folders are made, files moved and removed through `make_folder`, `move_file` and `remove_file`, which fail
   the same way.
 * Temporary files that an interrupted process could not remove are "stale"; `remove_stale_temp_files` deletes
@@ -17,12 +20,13 @@ import errno
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable
 from typing import BinaryIO
 
 import torch
 
-from t2i.errors import T2IError
+from t2i.errors import Interrupted, T2IError
 
 TEMP_PATTERN = re.compile(r"(?P<target>.+)\.tmp-(?P<pid>\d+)")
 
@@ -51,9 +55,31 @@ def temp_path(path: str) -> str:
 CHECKPOINT_FILE = re.compile(r"(epoch_\d+_.*|mid_epoch_state)\.pt")
 
 
+# Below this many free bytes a disk counts as full (a failed write's partial file is still on it when checked).
+FULL_DISK_BYTES = 16 * 1024 ** 2
+
+
+def original_error(err: BaseException) -> BaseException:
+    """The error behind `err`: torch's zip writer turns an exception of the file's write (a full disk, Ctrl-C) into
+    a RuntimeError ("unexpected pos") whose __context__ holds it."""
+    while isinstance(err, RuntimeError) and err.__context__ is not None:
+        err = err.__context__
+    return err
+
+
+def disk_is_full(path: str) -> bool:
+    """Whether the disk holding `path` has (almost) no free space left."""
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
 def _cause_and_remedy(err: BaseException, path: str | None = None) -> tuple[str, str]:
+    err = original_error(err)
     code = getattr(err, "errno", None)
-    if code is None and "unexpected pos" in str(err):  # torch's zip writer hitting a full disk
+    # torch's writer without the error behind it: a full disk only if the disk is full.
+    if code is None and "unexpected pos" in str(err) and path and disk_is_full(path):
         code = errno.ENOSPC
     if code in WRITE_FAILURES:
         cause, remedy = WRITE_FAILURES[code]
@@ -70,9 +96,10 @@ def write_error(path: str, err: BaseException) -> T2IError:
     return T2IError(f"{path}: could not be written ({cause}); the previous file, if any, is unchanged; {remedy}")
 
 
-def os_error(err: OSError, action: str | None = None) -> T2IError:
-    """A one-line T2IError for any OSError: the file it names, the cause and what to do."""
-    name = err.filename if err.filename is not None else "a file operation"
+def os_error(err: OSError, action: str | None = None, where: str | None = None) -> T2IError:
+    """A one-line T2IError for any OSError: the file it names (`where` when it names none), the cause and what to
+    do."""
+    name = err.filename if err.filename is not None else where or "a file operation"
     cause, remedy = _cause_and_remedy(err, None if err.filename is None else str(name))
     return T2IError(f"{name}: {action} ({cause}); {remedy}" if action else f"{name}: {cause}; {remedy}")
 
@@ -86,7 +113,10 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, KeyboardInterrupt) as err:
+        if isinstance(original_error(err), KeyboardInterrupt):
+            raise Interrupted(f"{path}: stopped while being written; the previous file, if any, is unchanged and "
+                              f"the partial one removed") from None
         raise write_error(path, err) from None
     finally:
         if os.path.exists(tmp):
@@ -133,9 +163,11 @@ def move_file(source: str, target: str) -> None:
         raise T2IError(f"{source}: could not be moved to {target} ({cause}); {remedy}") from None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine. This process counts as gone: its own temporary files (and its
+    own lock) are never in flight where this is asked."""
     if pid == os.getpid():
-        return False  # our own temporary files are never in flight where this is called
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -156,7 +188,7 @@ def remove_stale_temp_files(folder: str, ours: Callable[[str], bool]) -> list[st
         return removed
     for name in sorted(os.listdir(folder)):
         match = TEMP_PATTERN.fullmatch(name)
-        if match and ours(match.group("target")) and not _process_alive(int(match.group("pid"))):
+        if match and ours(match.group("target")) and not process_alive(int(match.group("pid"))):
             path = os.path.join(folder, name)
             try:
                 os.remove(path)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -153,3 +154,16 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def wait_for_marker(process: subprocess.Popen, marker, timeout: float = 400) -> None:
+    """Wait until `process` has written `marker` (it then waits at a chosen point: inside a save, mid-epoch)."""
+    deadline = time.time() + timeout
+    while not os.path.exists(marker):
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the process ended before the marked point (status {process.returncode}):\n{out}\n{err}")
+        if time.time() > deadline:
+            process.kill()
+            pytest.fail("the marked point was never reached")
+        time.sleep(0.2)
