@@ -19,6 +19,7 @@ guideline's Problem 5: `train` hands the run to `train_galip.train` (its step, l
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from argparse import Namespace
@@ -32,12 +33,12 @@ import train_galip
 from dataloader import get_dataloader
 from network import Discriminator, Generator, weight_init
 from read_dataset import ZipDataset
-from t2i import clip_utils, distributed, options
+from t2i import clip_utils, distributed, options, run_lock
 from t2i.datasets import check_train_dataset, check_training_clips
 from t2i.errors import T2IError, one_line_errors
 from t2i.evaluation import make_training_evaluator
 from t2i.image_ops import clip_view
-from t2i.resume import check_output_folder, find_resume_point
+from t2i.resume import check_output_folder, explain_stop, find_resume_point
 from t2i.samples import sample_conditions, save_sample_grid
 from t2i.training_run import TrainingRun, adam_options, init_conditioning_mu
 from train_utils import (KL_divergence, clip_preprocess, denormalize_image, gather_all, load_checkpoint, normalize,
@@ -222,7 +223,7 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
 
 def train(args: Namespace) -> None:
     # One process, or one of those torchrun started (several GPUs or machines): t2i/distributed.py.
-    with one_line_errors(), distributed.launched() as processes:
+    with one_line_errors(), distributed.launched() as processes, contextlib.ExitStack() as run_hold:
         # The course's main.py passes only its own flags; --arch defaults to the arch of network.py's classes.
         network_arch = getattr(Generator, "ARCH", "stackgan")
         args = options.complete(args, network_arch)
@@ -231,6 +232,10 @@ def train(args: Namespace) -> None:
         if args.arch != network_arch == "galip":
             raise T2IError(f"--arch {args.arch}: network.py is GALIP's module (network_galip.py); use --arch galip, "
                            f"or StackGAN's network.py")
+        # One training per checkpoint folder: its lock is taken before the folder is read (t2i/run_lock.py). A stop
+        # (Ctrl-C, Colab's stop button) ends in one line naming what is saved and how to continue (t2i/resume.py).
+        run_hold.enter_context(explain_stop(args))
+        run_hold.enter_context(run_lock.held(args.checkpoint_path, processes.main))
         if args.arch == "galip":  # Problem 5, another paper's model: its own step and optimizers (train_galip.py)
             return train_galip.train(args, device, processes.main)
         clip_embedding_dim = args.clip_embedding_dim  # Dimension of c_txt, default: 512 (CLIP ViT-B/32)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from network import Discriminator, Generator, weight_init
-from t2i import batching, checkpoints, distributed, options, plots
+from t2i import batching, checkpoints, distributed, options, plots, run_lock
 from t2i.augment import diff_augment, parse_policy
 from t2i.ema import GeneratorEMA, recompute_batchnorm
 from t2i.errors import T2IError
@@ -298,7 +298,11 @@ class TrainingRun:
             indices = torch.randperm(len(self.dataset))[:size].tolist()
             text = torch.stack([torch.as_tensor(self.dataset[index][2]) for index in indices]).float()
             noise = torch.randn(size, self.args.noise_dim)
-            batches.append((text.to(self.device), noise.to(self.device)))
+            # Our ZipDataset leaves non-finite embeddings out; the course's loader cannot, and one NaN caption here
+            # would make every statistic NaN.
+            finite = torch.isfinite(text).all(dim=1)
+            if int(finite.sum()) >= 2:
+                batches.append((text[finite].to(self.device), noise[finite].to(self.device)))
         return batches
 
     def state_dict(self) -> dict:
@@ -330,6 +334,7 @@ class TrainingRun:
                            f"{self.epoch} step {self.step}; training stopped. Last clean checkpoint: "
                            f"{self.last_clean()}. {self.remedies()}")
         if self.writes:
+            run_lock.check_held(self.args.checkpoint_path)  # another run took the folder over: stop before mixing
             atomic_save(state, path)
 
     def restore(self, resume: ResumePoint) -> None:
