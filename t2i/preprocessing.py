@@ -493,7 +493,7 @@ def run(args: Namespace, split: str) -> Summary:
         raise T2IError(f"--max-images {args.max_images}: must be at least 1")
     if args.num_captions is not None and args.num_captions < 1:
         raise T2IError(f"--num_captions {args.num_captions}: must be at least 1")
-    for name in ("batch_size", "num_workers"):
+    for name in ("batch_size", "num_workers", "emb_dim"):
         if getattr(args, name) < 1:
             raise T2IError(f"--{name} {getattr(args, name)}: must be at least 1")
     if args.width != args.height:

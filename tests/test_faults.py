@@ -22,8 +22,8 @@ import check_submission
 import generate_image
 import main
 from conftest import preprocess as run_preprocessing
-from reliability_helpers import (copy_folder, dead_pid, fail_writes_under, make_checkpoint, one_line_exit, python,
-                                 train_argv, tree, wait_for_marker, write_mid_epoch_snapshot)
+from reliability_helpers import (copy_folder, dead_pid, fail_writes_under, make_checkpoint, one_line_exit,
+                                 preprocess_error, python, train_argv, tree, wait_for_marker, write_mid_epoch_snapshot)
 from t2i import checkpoints, clip_utils, options, plots, preprocessing
 from t2i.errors import T2IError
 from t2i.files import atomic_save, atomic_write_text
@@ -214,31 +214,6 @@ def test_9_bad_generation_input_is_one_line_and_writes_nothing(tmp_path, tiny_cl
 
 
 # --------------------------------------------------------------------- 3, 11: preprocessing keeps its input
-
-@pytest.fixture
-def raw_copy(synthetic_raw, tmp_path) -> dict:
-    """The raw zip and both split pickles, copied into tmp_path/raw (never risk the session's files)."""
-    folder = tmp_path / "raw"
-    folder.mkdir()
-    paths = {key: shutil.copy(synthetic_raw["paths"][key], folder) for key in ("source", "train", "test")}
-    return paths
-
-
-def preprocess_error(argv, split="train") -> str:
-    """The preprocessing command's error line (printed to stderr by the course's `error`, exit status 1)."""
-    import contextlib
-    import io
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
-        run_preprocessing(argv, split)
-    assert exit_.value.code == 1
-    text = stderr.getvalue()
-    assert "Traceback" not in text and text.count("error: ") == 1, text
-    line = text.strip().splitlines()[-1]
-    assert line.startswith("error: "), text
-    return line[len("error: "):]
-
 
 @pytest.mark.parametrize("how", ["same_path", "relative_path", "symlink", "hard_link", "train_pickle",
                                  "other_split_pickle"])
