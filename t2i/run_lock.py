@@ -131,7 +131,8 @@ def busy_error(folder: str, path: str, holder: dict | None) -> T2IError:
         gone = f"it is taken over as soon as process {holder['pid']} ends"
     else:
         gone = (f"if that session is gone (a closed or disconnected Colab tab), its lock is taken over once its "
-                f"heartbeat is {STALE_SECONDS / 60:.0f} minutes old, from {_clock(holder['heartbeat'] + STALE_SECONDS)}")
+                f"heartbeat is {STALE_SECONDS / 60:.0f} minutes old, from {_clock(holder['heartbeat'] + STALE_SECONDS)}, "
+                f"or at once if you delete {path}")
     return T2IError(f"--checkpoint_path {folder}: another training is running there ({describe(holder)}; "
                     f"{path}); wait for it to end, stop it, or choose another --checkpoint_path; {gone} "
                     f"(--overwrite never breaks a live run's lock)")
