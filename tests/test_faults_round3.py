@@ -67,7 +67,7 @@ def test_1_with_overwrite_the_other_runs_epochs_are_moved_aside_and_the_run_star
     results = copy_folder(one_stage_run["results"], tmp_path / "res")
     old = tree(ckpt)
     main.main(train_argv(preprocessed_zips["train"], ckpt, results, tiny_clip_path, 1, "--resume_checkpoint_path",
-                         ckpt, "--resume_epoch", "latest", "--overwrite", stages=2))
+                         ckpt, "--resume_epoch", "latest", "--overwrite", "--batch_size", "11", stages=2))
     assert "they are moved aside and this run starts afresh" in capsys.readouterr().out
     (previous,) = [name for name in os.listdir(ckpt) if name.startswith(checkpoints.PREVIOUS_RUN_PREFIX)]
     assert tree(os.path.join(ckpt, previous)) == old  # the 1-stage run, whole
@@ -106,7 +106,8 @@ def test_2_a_second_training_into_a_folder_in_use_is_refused_naming_the_first(pr
     """The reported case: two runs started at once into one folder, with other widths, both exited 0 and mixed
     their files. The second is refused, naming the first, even with --overwrite; the first is unharmed."""
     ckpt, results = tmp_path / "ck", tmp_path / "res"
-    first = start_paused_run(train_argv(preprocessed_zips["train"], ckpt, results, tiny_clip_path, 1), tmp_path)
+    first = start_paused_run(train_argv(preprocessed_zips["train"], ckpt, results, tiny_clip_path, 1, "--batch_size",
+                                        "11"), tmp_path)
     try:
         message = one_line_exit(main.main, train_argv(preprocessed_zips["train"], ckpt, tmp_path / "res2",
                                                       tiny_clip_path, 1, "--g_in_chans", "128", "--overwrite"))
@@ -126,7 +127,7 @@ def test_2_a_second_training_into_a_folder_in_use_is_refused_naming_the_first(pr
 
 def test_2_the_lock_of_a_killed_run_is_taken_over_with_one_line(preprocessed_zips, tiny_clip_path, tmp_path, capsys):
     ckpt, results = tmp_path / "ck", tmp_path / "res"
-    argv = train_argv(preprocessed_zips["train"], ckpt, results, tiny_clip_path, 1)
+    argv = train_argv(preprocessed_zips["train"], ckpt, results, tiny_clip_path, 1, "--batch_size", "11")
     first = start_paused_run(argv, tmp_path)
     first.kill()  # SIGKILL: a crash or a Colab disconnect, no cleanup
     first.wait()
