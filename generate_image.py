@@ -14,7 +14,7 @@ from t2i import clip_utils
 from t2i.checkpoints import load_generator, read_run_record
 from t2i.devices import resolve_device
 from t2i.errors import T2IError, one_line_errors
-from t2i.generation import check_out_dir, encode_prompt, generate, save_results
+from t2i.generation import check_out_dir, check_prompt, encode_prompt, generate, save_results
 from train_utils import print_hyp
 
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with one_line_errors():
+        check_prompt(args.prompt)
         if args.num_images < 1:
             raise T2IError(f"--num_images {args.num_images}: must be at least 1")
         check_out_dir(args.out_dir)

@@ -21,6 +21,7 @@ guideline's Problem 5: train_galip.GALIP brings its models, optimizers and epoch
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from argparse import Namespace
@@ -42,10 +43,11 @@ from t2i.data.images import clip_view
 from t2i.errors import T2IError, one_line_errors
 from t2i.evaluation.evaluator import evaluate_epoch, make_training_evaluator
 from t2i.training import distributed, options
+from t2i.training import lock
 from t2i.training.ema import GeneratorEMA
 from t2i.training.log import TrainingLog
 from t2i.training.precision import adam_options, step_if_finite
-from t2i.training.resume import check_output_folder, find_resume_point
+from t2i.training.resume import check_output_folder, explain_stop, find_resume_point
 from t2i.training.samples import sample_conditions, save_sample_grid
 from t2i.training.state import RunState
 from t2i.training.step import StepSettings, frozen
@@ -354,7 +356,7 @@ class CourseModel:
 
 def train(args: Namespace) -> None:
     # One process, or one of those torchrun started (several GPUs or machines): t2i/training/distributed.py.
-    with one_line_errors(), distributed.launched() as processes:
+    with one_line_errors(), distributed.launched() as processes, contextlib.ExitStack() as run_hold:
         # The course's main.py passes only its own flags; --arch defaults to the arch of network.py's classes.
         network_arch = getattr(Generator, "ARCH", "stackgan")
         args = options.complete(args, network_arch)
@@ -363,6 +365,10 @@ def train(args: Namespace) -> None:
         if args.arch != network_arch == "galip":
             raise T2IError(f"--arch {args.arch}: network.py is GALIP's module (network_galip.py); use --arch galip, "
                            f"or StackGAN's network.py")
+        # One training per checkpoint folder: its lock is taken before the folder is read (t2i/training/lock.py). A
+        # stop (Ctrl-C, Colab's stop button) ends in one line naming what is saved and how to continue.
+        run_hold.enter_context(explain_stop(args))
+        run_hold.enter_context(lock.held(args.checkpoint_path, processes.main))
         # What differs between the models: the course's (above), or GALIP, Problem 5 (train_galip.py).
         if args.arch == "galip":
             from train_galip import GALIP  # imported here: train_galip builds on this file

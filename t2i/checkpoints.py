@@ -134,6 +134,15 @@ def complete_epochs(checkpoint_path: str, num_stage: int) -> list[int]:
     return sorted(epochs)
 
 
+def epochs_on_disk(checkpoint_path: str) -> list[int]:
+    """Epochs with any weight file in the folder (epoch_N_Gen.pt or epoch_N_Dis_i.pt), complete for some stage
+    count or not, oldest first."""
+    if not os.path.isdir(checkpoint_path):
+        return []
+    matches = (re.fullmatch(r"epoch_(\d+)_(Gen|Dis_\d+)\.pt", name) for name in os.listdir(checkpoint_path))
+    return sorted({int(match.group(1)) for match in matches if match})
+
+
 def read_hyperparameters(checkpoint_path: str) -> dict:
     """hyperparameter.pt of a checkpoint folder, with every key the graders read."""
     if not os.path.isdir(checkpoint_path):

@@ -1,16 +1,27 @@
-"""The one error type users see, the one-line message of a failed file operation, and the one-line exit."""
+"""The errors users see (a bad input, a stop), the one-line message of a failed file operation, and the one-line
+exit of a script."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
 import re
+import shutil
+import sys
 from collections.abc import Iterator
+
+# The exit status of a program stopped by SIGINT (Ctrl-C, Colab's stop button): 128 + 2, the shells' convention.
+INTERRUPTED_STATUS = 130
 
 
 class T2IError(Exception):
     """Bad input, or a run that cannot go on. The message is one line: the file or flag, what is wrong, and
     what to do about it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop (Ctrl-C, Colab's stop button) with one line saying what it interrupted and what is left. Still a
+    KeyboardInterrupt: code that lets an interrupt through lets this through."""
 
 
 # What an OSError's errno means to a user, and what to do about it.
@@ -29,14 +40,36 @@ WRITE_FAILURES = {
     errno.EIO: ("an input/output error (a lost network drive?)", "check the drive and run again"),
 }
 
-
 # Files of a training run's checkpoints: where a full disk can also be helped by --keep_last.
 CHECKPOINT_FILE = re.compile(r"(epoch_\d+_.*|mid_epoch_state)\.pt")
 
+# Below this many free bytes a disk counts as full (a failed write's partial file is still on it when checked).
+FULL_DISK_BYTES = 16 * 1024 ** 2
+
+
+def original_error(err: BaseException) -> BaseException:
+    """The error behind `err`: torch's zip writer turns an exception of the file's write (a full disk, Ctrl-C) into
+    a RuntimeError ("unexpected pos") whose __context__ holds it."""
+    while isinstance(err, RuntimeError) and err.__context__ is not None:
+        err = err.__context__
+    return err
+
+
+def disk_is_full(path: str) -> bool:
+    """Whether the disk holding `path` has (almost) no free space left."""
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
 
 def cause_and_remedy(err: BaseException, path: str | None = None) -> tuple[str, str]:
+    """What the operating system said went wrong (`err`, an OSError or torch's writer's RuntimeError), in words,
+    and what to do about it."""
+    err = original_error(err)
     code = getattr(err, "errno", None)
-    if code is None and "unexpected pos" in str(err):  # torch's zip writer hitting a full disk
+    # torch's writer without the error behind it: a full disk only if the disk is full.
+    if code is None and "unexpected pos" in str(err) and path and disk_is_full(path):
         code = errno.ENOSPC
     if code in WRITE_FAILURES:
         cause, remedy = WRITE_FAILURES[code]
@@ -53,9 +86,10 @@ def write_error(path: str, err: BaseException) -> T2IError:
     return T2IError(f"{path}: could not be written ({cause}); the previous file, if any, is unchanged; {remedy}")
 
 
-def os_error(err: OSError, action: str | None = None) -> T2IError:
-    """A one-line T2IError for any OSError: the file it names, the cause and what to do."""
-    name = err.filename if err.filename is not None else "a file operation"
+def os_error(err: OSError, action: str | None = None, where: str | None = None) -> T2IError:
+    """A one-line T2IError for any OSError: the file it names (`where` when it names none), the cause and what to
+    do."""
+    name = err.filename if err.filename is not None else where or "a file operation"
     cause, remedy = cause_and_remedy(err, None if err.filename is None else str(name))
     return T2IError(f"{name}: {action} ({cause}); {remedy}" if action else f"{name}: {cause}; {remedy}")
 
@@ -63,9 +97,13 @@ def os_error(err: OSError, action: str | None = None) -> T2IError:
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Inside a script's main: a T2IError ends the program with `error: <message>` (exit status 1), no traceback.
-    So does an OSError that no code turned into a T2IError (a full disk, a lost drive): it names its file."""
+    So does an OSError that no code turned into a T2IError (a full disk, a lost drive): it names its file. A stop
+    (KeyboardInterrupt) ends it with `stopped: <what it interrupted>` and exit status 130."""
     try:
         yield
+    except KeyboardInterrupt as err:
+        print(f"stopped: {str(err) or 'interrupted (Ctrl-C or the stop button)'}", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_STATUS) from None
     except T2IError as err:
         raise SystemExit(f"error: {err}") from None
     except OSError as err:

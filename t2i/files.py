@@ -3,7 +3,10 @@
 * Writes go to a temporary name beside the target (`<name>.tmp-<pid>`), are flushed to disk, then renamed over
   the target: a rename within one folder is atomic, so the target always holds either the old file or the new
   one, whatever interrupts the write (a Colab disconnect, `kill -9`, a full disk). A write that fails removes
-  its temporary file and raises a T2IError naming the file and the cause (full disk, read-only folder, ...).
+  its temporary file and raises a T2IError naming the file and the cause (full disk, read-only folder, ...); a
+  stop (Ctrl-C) during it removes the temporary file too and raises `Interrupted` naming the file. The cause is
+  the operating system's: "the disk is full" only when it said so, or, for torch's writer (which hides the error
+  of its write), when the disk has no free space left.
   Folders are made, files moved and removed through `make_folder`, `move_file` and `remove_file`, which fail
   the same way.
 * Temporary files that an interrupted process could not remove are "stale"; `remove_stale_temp_files` deletes
@@ -21,7 +24,7 @@ from typing import BinaryIO
 
 import torch
 
-from t2i.errors import T2IError, cause_and_remedy, os_error, write_error
+from t2i.errors import Interrupted, T2IError, cause_and_remedy, original_error, os_error, write_error
 
 TEMP_PATTERN = re.compile(r"(?P<target>.+)\.tmp-(?P<pid>\d+)")
 
@@ -38,7 +41,10 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, KeyboardInterrupt) as err:
+        if isinstance(original_error(err), KeyboardInterrupt):
+            raise Interrupted(f"{path}: stopped while being written; the previous file, if any, is unchanged and "
+                              f"the partial one removed") from None
         raise write_error(path, err) from None
     finally:
         if os.path.exists(tmp):
@@ -85,9 +91,11 @@ def move_file(source: str, target: str) -> None:
         raise T2IError(f"{source}: could not be moved to {target} ({cause}); {remedy}") from None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine. This process counts as gone: its own temporary files (and its
+    own lock) are never in flight where this is asked."""
     if pid == os.getpid():
-        return False  # our own temporary files are never in flight where this is called
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -108,7 +116,7 @@ def remove_stale_temp_files(folder: str, ours: Callable[[str], bool]) -> list[st
         return removed
     for name in sorted(os.listdir(folder)):
         match = TEMP_PATTERN.fullmatch(name)
-        if match and ours(match.group("target")) and not _process_alive(int(match.group("pid"))):
+        if match and ours(match.group("target")) and not process_alive(int(match.group("pid"))):
             path = os.path.join(folder, name)
             try:
                 os.remove(path)

@@ -19,8 +19,16 @@ from t2i.files import make_folder, remove_file, remove_stale_temp_files
 RESULT_NAMES = ("result_64.png", "result_128.png", "result_256.png", "result_grid.png")
 
 
+def check_prompt(prompt: str) -> None:
+    """Refuse a prompt with no text: CLIP would encode only its start and end tokens, an image of nothing asked."""
+    if not prompt.strip():
+        raise T2IError(f"--prompt {prompt!r}: is blank; describe the image, e.g. \"The woman is young and has blond "
+                       f"hair.\"")
+
+
 def encode_prompt(clip_model: torch.nn.Module, prompt: str, device: torch.device) -> torch.Tensor:
     """normalize(encode_text(tokenize(prompt))) as float32, [1, D]."""
+    check_prompt(prompt)
     try:
         tokens = clip_utils.tokenize([prompt])
     except ValueError:

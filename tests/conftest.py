@@ -43,6 +43,16 @@ def synthetic_raw(tmp_path_factory) -> dict:
                                             num_test=6, size=256, seed=0, long_captions=0.2)
 
 
+@pytest.fixture
+def raw_copy(synthetic_raw, tmp_path) -> dict:
+    """The raw zip and both split pickles, copied into tmp_path/raw (never risk the session's files)."""
+    import shutil
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    return {key: shutil.copy(synthetic_raw["paths"][key], folder) for key in ("source", "train", "test")}
+
+
 @pytest.fixture(scope="session")
 def preprocessed_zips(synthetic_raw, tiny_clip_path, tmp_path_factory) -> dict:
     """The synthetic raw dataset preprocessed with the tiny CLIP: {'train': path, 'test': path}."""

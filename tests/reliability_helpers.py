@@ -1,8 +1,10 @@
-"""Shared by test_faults.py and test_silently_wrong.py: tiny training runs, one-line exits, folder snapshots,
-and writes that fail the way a full disk or a read-only folder makes them fail."""
+"""Shared by test_faults.py, test_faults_round3.py and test_silently_wrong.py: tiny training runs, one-line exits
+(of training and of preprocessing), folder snapshots, processes waiting at a marked point (to be killed or stopped
+there), and writes that fail the way a full disk or a read-only folder makes them fail."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import hashlib
 import io
@@ -10,9 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+
+from conftest import preprocess as run_preprocessing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,3 +158,29 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def wait_for_marker(process: subprocess.Popen, marker, timeout: float = 400) -> None:
+    """Wait until `process` has written `marker` (it then waits at a chosen point: inside a save, mid-epoch)."""
+    deadline = time.time() + timeout
+    while not os.path.exists(marker):
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the process ended before the marked point (status {process.returncode}):\n{out}\n{err}")
+        if time.time() > deadline:
+            process.kill()
+            pytest.fail("the marked point was never reached")
+        time.sleep(0.2)
+
+
+def preprocess_error(argv, split="train") -> str:
+    """The preprocessing command's error line (printed to stderr by the course's `error`, exit status 1)."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
+        run_preprocessing(argv, split)
+    assert exit_.value.code == 1
+    text = stderr.getvalue()
+    assert "Traceback" not in text and text.count("error: ") == 1, text
+    line = text.strip().splitlines()[-1]
+    assert line.startswith("error: "), text
+    return line[len("error: "):]

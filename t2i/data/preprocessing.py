@@ -59,6 +59,9 @@ DEFAULT_NUM_CAPTIONS = {"train": 4, "test": None}
 IMAGE_FOLDERS = ("image", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CROP_RATIO = 0.99
+# Image sides a run can use: the first stage is 64 px; ZipDataset holds every image in memory (24000 at 1024 px:
+# 75 GB).
+MIN_SIZE, MAX_SIZE = 64, 1024
 RESIZE_FILTERS = {"box": PIL.Image.BOX, "lanczos": PIL.Image.LANCZOS}
 
 
@@ -333,9 +336,15 @@ class PreprocessedZipWriter:
         os.replace(self.temp_path, self.path)
 
     def abort(self) -> None:
-        self.archive.close()
-        if os.path.exists(self.temp_path):
-            os.remove(self.temp_path)
+        """Remove the temporary file, whatever state a failed write left the archive in."""
+        try:
+            self.archive.close()  # may fail again (a full disk cannot take the central directory either)
+        except (OSError, ValueError, zipfile.BadZipFile):
+            pass
+        finally:
+            if self.archive.fp is not None:
+                self.archive.fp.close()  # frees the disk space at once
+            remove_file(self.temp_path)
 
     def __enter__(self) -> "PreprocessedZipWriter":
         return self
@@ -344,9 +353,11 @@ class PreprocessedZipWriter:
         if kind is None:
             try:
                 self.close()
-            except OSError as err:
+            except BaseException as err:
                 self.abort()
-                raise write_error(self.path, err) from None
+                if isinstance(err, OSError):  # a full disk or a lost folder while finishing the zip
+                    raise write_error(self.path, err) from None
+                raise
             return
         self.abort()
         if isinstance(value, OSError):  # a full disk or a lost folder while writing
@@ -384,7 +395,10 @@ def _load_sample(source: RawSource, image_id: str, transform: Callable, seed: in
             image = transform(pil_image)
     except Exception as err:
         return Sample(image_id, error=f"{source.images[image_id]}: {type(err).__name__}: {err}")
-    captions = read_captions(source.read(source.captions[image_id]), num_captions)
+    try:
+        captions = read_captions(source.read(source.captions[image_id]), num_captions)
+    except Exception as err:
+        return Sample(image_id, error=f"{source.captions[image_id]}: {type(err).__name__}: {err}")
     if not captions:
         return Sample(image_id, error=f"{source.captions[image_id]}: no caption text")
     return Sample(image_id, image, clip_image_input(image, crop_generator(seed, image_id)), tokenize_captions(captions))
@@ -479,9 +493,15 @@ def run(args: Namespace, split: str) -> Summary:
         raise T2IError(f"--max-images {args.max_images}: must be at least 1")
     if args.num_captions is not None and args.num_captions < 1:
         raise T2IError(f"--num_captions {args.num_captions}: must be at least 1")
-    for name in ("width", "height", "batch_size", "num_workers"):
+    for name in ("batch_size", "num_workers", "emb_dim"):
         if getattr(args, name) < 1:
             raise T2IError(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.width != args.height:
+        raise T2IError(f"--width {args.width} --height {args.height}: must be equal (CLIP's crop and every stage "
+                       f"are square); the course uses --width 256 --height 256")
+    if not MIN_SIZE <= args.width <= MAX_SIZE:
+        raise T2IError(f"--width {args.width}: must be {MIN_SIZE} (the first stage's size) to {MAX_SIZE} (training "
+                       f"holds every image in memory); the course uses 256")
     device = resolve_device(args.device)
     source, ids, num_missing = open_dataset(args.source, split, args.split_dir, args.max_images)
     protected = protected_inputs(args.source, args.split_dir)
@@ -524,6 +544,9 @@ def run(args: Namespace, split: str) -> Summary:
                 if batch and (len(batch) == args.batch_size or not pending):
                     img_emb, txt_emb = encode_batch(model, batch, device)
                     for s, image_emb, caption_emb in zip(batch, img_emb, txt_emb):
+                        if not (np.isfinite(image_emb).all() and np.isfinite(caption_emb).all()):
+                            summary.failed.append(f"{source.images[s.image_id]}: CLIP gave NaN or Inf embeddings")
+                            continue
                         writer.add(s.image, image_emb, caption_emb, s.image_id, s.captions.texts)
                         summary.captions += len(caption_emb)
                         summary.long_captions += s.captions.num_long
@@ -582,6 +605,6 @@ def convert(split: str, **values) -> Summary:
     try:
         summary = run(Namespace(**values), split)
     except OSError as err:  # one not met where a file is written (a vanished source, a lost drive)
-        raise os_error(err) from None
+        raise os_error(err, where=f"--source {values['source']} or --dest {values['dest']}") from None
     print(format_summary(summary, values["dest"]))
     return summary

@@ -10,6 +10,9 @@ Loading is fast because preprocess.py stores the PNGs stored and unfiltered: rea
 a memory copy, done by a few threads. Embeddings come from the zip's `embeddings.npz`, or from `dataset.json`
 for zips written by the course's own script (whose PNGs then go through Pillow, more slowly).
 
+Images whose image embedding or any caption embedding holds NaN or Inf (a damaged zip, or a CLIP that overflowed)
+are left out when the zip is loaded, with one printed line naming them; a zip with no other image is refused.
+
 Set `dataset.return_uint8 = True` to get `(uint8 [3, H, W], img_embedding, txt_embedding)` instead, and make
 the stage images on the GPU with `image_ops.stage_images_from_uint8`.
 """
@@ -36,6 +39,7 @@ JSON_MEMBER = "dataset.json"
 EMBEDDINGS_MEMBER = "embeddings.npz"
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, skipped fields, file name length, extra field length
 CHUNK = 256
+SHOWN_LEFT_OUT = 3  # images named in the line about those left out
 
 
 class _MemberReader:
@@ -128,7 +132,36 @@ class ZipDataset(Dataset):
             self.settings: dict = embeddings.get("settings", {})
             if not self.names or len(self.img_emb) != len(self.names) or len(self.txt_offsets) != len(self.names) + 1:
                 raise T2IError(f"{data_path}: embeddings and image list disagree in length")
+            self.left_out = self._leave_out_nonfinite()
             self.images = self._load_images(archive, num_threads, progress)
+
+    def _leave_out_nonfinite(self) -> list[str]:
+        """Drop the images with a NaN or Inf image or caption embedding (module docstring); their names."""
+        caption_owner = torch.repeat_interleave(torch.arange(len(self.names)), self.caption_counts)
+        bad_caption = ~torch.isfinite(self.txt_emb).all(dim=1)
+        keep = torch.isfinite(self.img_emb).all(dim=1)
+        keep[caption_owner[bad_caption]] = False
+        if bool(keep.all()):
+            return []
+        left_out = [self.names[i] for i in (~keep).nonzero().flatten().tolist()]
+        if not bool(keep.any()):
+            raise T2IError(f"{self.data_path}: every one of its {len(self.names)} images has NaN or Inf CLIP "
+                           f"embeddings, so nothing can be trained or scored on it; preprocess the dataset again")
+        kept = keep.nonzero().flatten()
+        kept_captions = keep[caption_owner]
+        shown = ", ".join(f"{self.names[i]} (id {self.ids[i]})" for i in (~keep).nonzero().flatten()[:SHOWN_LEFT_OUT])
+        more = f" and {len(left_out) - SHOWN_LEFT_OUT} more" if len(left_out) > SHOWN_LEFT_OUT else ""
+        print(f"Warning: {self.data_path}: {len(left_out)} of {len(self.names)} images have NaN or Inf CLIP "
+              f"embeddings and are left out: {shown}{more}")
+        self.names = [self.names[i] for i in kept.tolist()]
+        self.ids = [self.ids[i] for i in kept.tolist()]
+        self.img_emb = self.img_emb[kept]
+        self.txt_emb = self.txt_emb[kept_captions]
+        self.caption_counts = self.caption_counts[kept]
+        self.txt_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(self.caption_counts, 0)])
+        if self.caption_texts is not None:
+            self.caption_texts = [text for text, k in zip(self.caption_texts, kept_captions.tolist()) if k]
+        return left_out
 
     def _load_images(self, archive: zipfile.ZipFile, num_threads: int | None, progress: bool) -> np.ndarray:
         """All images into one [N, H, W, 3] uint8 array, filled by a few threads."""

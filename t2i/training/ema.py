@@ -64,7 +64,11 @@ class GeneratorEMA:
             indices = torch.randperm(len(self.dataset))[:size].tolist()
             text = torch.stack([torch.as_tensor(self.dataset[index][2]) for index in indices]).float()
             noise = torch.randn(size, self.noise_dim)
-            batches.append((text.to(device), noise.to(device)))
+            # Our ZipDataset leaves non-finite embeddings out; the course's loader cannot, and one NaN caption here
+            # would make every statistic NaN.
+            finite = torch.isfinite(text).all(dim=1)
+            if int(finite.sum()) >= 2:
+                batches.append((text[finite].to(device), noise[finite].to(device)))
         return batches
 
 

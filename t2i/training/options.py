@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "galip": {"g_in_chans": 256, "d_in_chans": 768, "g_lr": 1e-4, "d_lr": 4e-4, "mismatch": True, "ema": True},
 }
 EXPLICIT = "explicit_options"  # the Namespace attribute listing the options given on the command line
+MAX_LEARNING_RATE = 1.0  # above it no GAN here trains: one step moves each weight by up to 50 times its initial size
 
 
 def add_option(group: argparse._ArgumentGroup, option: Option) -> None:
@@ -234,10 +236,19 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise T2IError(f"--{name} {value}: must be an integer of at least {minimum}{reasons.get(name, '')}")
+    for option in OPTIONS:
+        value = getattr(args, option.name)
+        if option.type is float and value is not None and not math.isfinite(value):
+            raise T2IError(f"--{option.name} {value}: must be a finite number")
     for name in ("learning_rate", "g_lr", "d_lr", "tau", "xi", "ca_init_std"):
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise T2IError(f"--{name} {value}: must be positive")
+    for name in ("learning_rate", "g_lr", "d_lr"):
+        value = getattr(args, name)
+        if value is not None and value > MAX_LEARNING_RATE:
+            raise T2IError(f"--{name} {value}: an Adam step moves every weight by up to the learning rate, and the "
+                           f"weights start near 0.02; give at most {MAX_LEARNING_RATE:g} (the course's: 2e-4)")
     for name in ("gamma", "lam", "beta"):
         if not getattr(args, name) >= 0:
             raise T2IError(f"--{name} {getattr(args, name)}: must be zero or positive")

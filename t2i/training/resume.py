@@ -9,21 +9,26 @@ raw generator (when the saved one is the EMA), so the resumed run equals an unin
 A run never mixes its files with another run's, and never loses one: a fresh run refuses a folder that holds
 another run's files, and so does a resume of epoch K while the folder holds later epochs (their files, log
 rows and hyperparameter.pt would be replaced). With `--overwrite` those files are moved into a
-`previous_run_<time>/` subfolder first, nothing is deleted (`OutputFolders.prepare`).
+`previous_run_<time>/` subfolder first, nothing is deleted (`OutputFolders.prepare`). A resume never starts afresh
+over epochs of another configuration (files of a run with another --num_stage, which are no complete epoch of
+this one): they are refused by name, or moved aside with `--overwrite`.
 
-Everything here is checked before the run writes its first file.
+Everything here is checked before the run writes its first file. A stop (Ctrl-C, Colab's stop button) ends the
+run with one line saying what is saved and the command that continues (`explain_stop`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from argparse import Namespace
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch.nn as nn
 
 from t2i import checkpoints
-from t2i.errors import T2IError
+from t2i.errors import Interrupted, T2IError
 from t2i.files import atomic_write_text, make_folder, remove_file
 from t2i.training import distributed, options
 
@@ -55,9 +60,54 @@ def _nothing_to_train(args: Namespace, path: str, last: int) -> T2IError:
                     f"nothing to train (and nothing was changed); raise --num_epochs above {last + 1} to train more")
 
 
+def saved_num_stage(path: str) -> tuple[int | None, str]:
+    """The stage count of the run whose files are in `path`, and where it was read: run_options.json, else
+    hyperparameter.pt, else the discriminator files of its newest epoch (None: unknown)."""
+    record = checkpoints.read_run_record(path)
+    if record is not None and isinstance(record.get("options", {}).get("num_stage"), int):
+        return record["options"]["num_stage"], f"its {checkpoints.RUN_OPTIONS_FILE}"
+    try:
+        return int(checkpoints.read_hyperparameters(path)["num_stage"]), f"its {checkpoints.HYPERPARAMETER_FILE}"
+    except (T2IError, ValueError, TypeError):
+        pass
+    epochs = checkpoints.epochs_on_disk(path)
+    stages = 0
+    while epochs and os.path.isfile(checkpoints.discriminator_file(path, epochs[-1], stages)):
+        stages += 1
+    return (stages, f"the discriminator files of its epoch {epochs[-1]}") if stages else (None, "")
+
+
+def other_stage_count(path: str, num_stage: int) -> tuple[list[int], int, str] | None:
+    """(its epochs, its stage count, where that was read) of a run in `path` with another stage count than
+    `num_stage`; None when `path` holds no epoch file, or those of a run with this stage count."""
+    found = checkpoints.epochs_on_disk(path)
+    saved, source = saved_num_stage(path) if found else (None, "")
+    return (found, saved, source) if saved is not None and saved != num_stage else None
+
+
+def other_configuration(args: Namespace, path: str) -> bool:
+    """Called where `path` holds no complete epoch for --num_stage: refuse to start afresh over the epochs of a run
+    with another stage count; True when --overwrite lets this run move them aside and start afresh instead. False
+    when there are none (the folder is empty, or holds this configuration's first, interrupted save)."""
+    other = other_stage_count(path, args.num_stage)
+    if other is None:
+        return False
+    found, num_stage, source = other
+    what = f"epochs {found} of a run with num_stage {num_stage} ({source})"
+    same = os.path.realpath(path) == os.path.realpath(args.checkpoint_path)
+    if same and args.overwrite:
+        print(f"--overwrite: {path} holds {what}; they are moved aside and this run starts afresh")
+        return True
+    overwrite = ", or pass --overwrite to move them into a previous_run_<time> subfolder and start afresh"
+    raise T2IError(f"--num_stage {args.num_stage}: {path} holds {what}, none complete for {args.num_stage} stage(s), "
+                   f"so this run would start afresh over them; resume with --num_stage {num_stage}, write to another "
+                   f"--checkpoint_path{overwrite if same else ''}")
+
+
 def find_resume_point(args: Namespace) -> ResumePoint | None:
     """Where to continue (None: a fresh run). Refuses, before anything is written, a point that does not exist,
-    a run with nothing left to train, files holding NaN or Inf, and options the saved weights cannot take."""
+    a run with nothing left to train, epochs of another configuration, files holding NaN or Inf, and options the
+    saved weights cannot take."""
     path, requested = args.resume_checkpoint_path, args.resume_epoch
     unusable_snapshot = False
     if path is None or requested == -1:
@@ -86,11 +136,14 @@ def find_resume_point(args: Namespace) -> ResumePoint | None:
                 unusable_snapshot = True
         if resume is None:
             if not epochs:
-                print(f"No checkpoint in {path} yet: starting from scratch")
+                if not other_configuration(args, path):
+                    print(f"No checkpoint in {path} yet: starting from scratch")
                 return None
             requested = epochs[-1]
     if resume is None:
         epoch = int(requested)
+        if not epochs and other_configuration(args, path):
+            return None
         if epoch not in epochs:
             raise T2IError(f"--resume_epoch {epoch}: {path} has no complete epoch {epoch} "
                            f"(complete epochs: {epochs or 'none'})")
@@ -115,8 +168,9 @@ def continues_in_place(args: Namespace, resume: ResumePoint | None) -> bool:
         return False
     same = os.path.realpath(args.resume_checkpoint_path) == os.path.realpath(args.checkpoint_path)
     # `--resume_epoch latest` on a folder without a checkpoint starts afresh there: what it holds is that same
-    # run's start (hyperparameter.pt, a log), with no epoch to lose.
-    return same and (resume is not None or args.resume_epoch == "latest")
+    # run's start (hyperparameter.pt, a log), with no epoch to lose. Epochs of another configuration are not.
+    return same and (resume is not None or (args.resume_epoch == "latest"
+                                            and other_stage_count(args.checkpoint_path, args.num_stage) is None))
 
 
 @dataclass
@@ -219,3 +273,29 @@ def later_than(args: Namespace, resume: ResumePoint | None) -> set[str]:
         if is_later:
             later.add(checkpoints.MID_EPOCH_FILE)
     return later
+
+
+def how_to_continue(args: Namespace) -> str:
+    """What a stopped run leaves in --checkpoint_path, and the command that continues it."""
+    folder = os.fspath(args.checkpoint_path)
+    epochs = checkpoints.complete_epochs(folder, args.num_stage)
+    snapshot = os.path.isfile(os.path.join(folder, checkpoints.MID_EPOCH_FILE))
+    if not epochs and not snapshot:
+        return (f"no epoch of this run is saved in {folder}; start it again with the same command and --overwrite "
+                f"(its first files are moved aside)")
+    saved = f"the newest complete epoch in {folder} is {epochs[-1]}" if epochs else f"{folder} holds no complete epoch"
+    if snapshot:
+        saved += " (and a mid-epoch snapshot)"
+    return (f"{saved}; continue with the same command and --resume_checkpoint_path {folder} --resume_epoch "
+            f"latest")
+
+
+@contextlib.contextmanager
+def explain_stop(args: Namespace) -> Iterator[None]:
+    """A stop (KeyboardInterrupt: Ctrl-C, Colab's stop button) inside the block becomes `Interrupted` with one
+    line: what it interrupted (a save names its file), what is saved, and the command that continues."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        raise Interrupted(f"{str(err) or 'training was stopped (Ctrl-C or the stop button)'}; "
+                          f"{how_to_continue(args)}") from None

@@ -17,7 +17,7 @@ from t2i import checkpoints
 from t2i.checkpoints import nonfinite_tensors
 from t2i.errors import T2IError
 from t2i.files import atomic_save
-from t2i.training import distributed
+from t2i.training import distributed, lock
 from t2i.training.ema import GeneratorEMA
 from t2i.training.resume import ResumePoint
 from t2i.training.step import StepSettings
@@ -90,6 +90,7 @@ class RunState:
             raise T2IError(f"{path}: not written, {len(bad)} tensors hold NaN or Inf (e.g. {bad[0]}) at epoch "
                            f"{self.epoch} step {step}; training stopped. {self.advice()}")
         if self.writes:
+            lock.check_held(self.args.checkpoint_path)  # another run took the folder over: stop before mixing
             atomic_save(state, path)
 
     def after_step(self, step: int, steps_in_epoch: int) -> None:
