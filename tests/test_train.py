@@ -236,7 +236,8 @@ def step_setup(*flags: str, stages: int = 1):
     def step(images, img_feature, txt_feature):
         return train.train_step([(images, img_feature, txt_feature)], 8, torch.device("cpu"), G, D_lst, optim_g,
                                 optim_d_lst, torch.nn.BCEWithLogitsLoss(), stages, True, True, 10 ** 9, None,
-                                args.gamma, args.lam, **run._asdict())
+                                args.gamma, args.lam, tau=args.tau, beta=args.beta, language_free=args.language_free,
+                                xi=args.xi, **run._asdict())
     return step, G, D_lst, run
 
 
