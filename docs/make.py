@@ -10,6 +10,7 @@ docs/build/, where the sources read them. The PDFs and figures are build outputs
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -56,12 +57,11 @@ def page_count(pdf_path: str) -> int:
 def build(name: str) -> tuple[str, int]:
     """Draw the document's figures, typeset it into docs/build/<name>.pdf; return (path, pages)."""
     document = DOCUMENTS[name]
-    try:
-        import pypdf  # noqa: F401  (page_count's; checked here, before anything is built)
-        import typst
-    except ImportError as err:
-        raise T2IError(f"building docs/{document.source} needs typst and pypdf ({err.name} is missing): "
-                       f"{INSTALL}") from None
+    missing = [module for module in ("typst", "pypdf") if importlib.util.find_spec(module) is None]
+    if missing:  # checked before anything is built
+        raise T2IError(f"building docs/{document.source} needs typst and pypdf ({', '.join(missing)} missing): "
+                       f"{INSTALL}")
+    import typst
     make_folder(BUILD_DIR)
     for arch in document.figures:
         architecture_figure.FIGURES[arch](figure_path(arch))
