@@ -6,19 +6,27 @@
 The graders rebuild the models from `hyperparameter.pt` with positional constructors, load the state dicts
 strictly, and run their own `generate_image.py`. This script does the same, with the same calls, then
 generates the two grader-style prompts and saves their images. Every problem that would cost points is printed
-as one line naming the file; the exit status is 1 if there is any. With --zip the graded files are packed
-(only when the check passes).
+as one line naming the file; the exit status is 1 if there is any.
+
+With --zip, once the check passes, the whole submission is packed: every item of the guideline's list for the
+run's model (t2i/submission_files.py), the report and the model description built fresh from docs/ (`python -m
+docs.make`; it needs `pip install -r requirements-docs.txt`), with the manifest (item -> files) printed and
+written into the zip. It refuses, naming the item, when an essential item is missing or the report runs past 3
+pages. The zip is then unpacked into an empty folder beside the course's six plain files (our re-creation,
+t2i/course_harness) and run on its own files alone: their main.py must import the packed train.py, and their
+generate_image.py must write result_64/128/256.png at those sizes from the packed weights; otherwise the zip is
+removed again.
 
 A GALIP run (`--arch galip`, read from the run's run_options.json unless given) is graded with GALIP's module as
-`network.py`: the check then also runs the course's own `generate_image.py` (t2i/course_harness) beside
-network_galip.py copied as network.py, on the checkpoint folder, and requires its result_64/128/256.png at
-those sizes; the zip then also holds that `network.py`.
+`network.py`. Without --zip the check runs the course's `generate_image.py` beside network_galip.py copied as
+network.py, on the checkpoint folder, as well.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -28,8 +36,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from docs import make as docs_make
 from models import NETWORKS
-from t2i import clip_utils, harness, plots
+from t2i import clip_utils, harness, plots, submission_files
 from t2i.checkpoints import (HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_discriminator, build_generator,
                              clean_epoch_advice, describe_mismatch, discriminator_file, generator_file, network_of,
                              nonfinite_tensors, read_run_record, run_arch)
@@ -57,7 +66,8 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)      # the graded files that exist, in packing order
     images: list[str] = field(default_factory=list)
-    network_py: str | None = None                       # a model module to pack as network.py (GALIP's)
+    arch: str = "stackgan"                              # the model the run trained (--arch)
+    network_py: str = ""                                # its models' module, the graded network.py
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(f"{path}: {reason}")
@@ -75,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out_dir", default="submission_check", help="where the prompts' images go")
     parser.add_argument("--seed", type=int, default=0, help="noise seed for the prompt images")
     parser.add_argument("--num_images", type=int, default=4, help="images per prompt (the grid shows them all)")
-    parser.add_argument("--zip", default=None, help="pack the graded files into this zip when the check passes")
+    parser.add_argument("--zip", default=None,
+                        help="pack the whole submission (weights, code, report, ...) into this zip when the check "
+                             "passes, then run the unpacked zip with the course's files")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--arch", default=None, choices=sorted(NETWORKS),
                         help="the model the run trained (default: its run_options.json's, else stackgan); galip "
@@ -213,8 +225,9 @@ def check(args: argparse.Namespace) -> CheckResult:
         if not os.path.isfile(gen_path):
             result.problem(gen_path, "missing")
         return result
-    arch = args.arch or run_arch(args.checkpoint_path)
+    arch = result.arch = args.arch or run_arch(args.checkpoint_path)
     network = NETWORKS[args.arch] if args.arch else network_of(args.checkpoint_path, NETWORKS)
+    result.network_py = network.__file__
     # Built exactly as the graders build them: positional arguments from hyperparameter.pt.
     generator = build_generator(hyp, device, network)
     discriminators = [build_discriminator(hyp, stage, device, network) for stage in range(hyp["num_stage"])]
@@ -242,62 +255,129 @@ def check(args: argparse.Namespace) -> CheckResult:
     if generator_ok:
         generator.to(device).eval()  # the graders' load_checkpoint puts the models in eval mode
         generate_prompts(generator, hyp, args, device, result)
-    if arch != "stackgan" and generator_ok and not result.problems:
-        result.network_py = network.__file__
-        run_course_generate_image(result.network_py, args, result)
+    # With --zip the packed submission goes through the same path after packing (check_unpacked).
+    if arch != "stackgan" and generator_ok and not result.problems and not args.zip:
+        with tempfile.TemporaryDirectory() as workdir:
+            harness.prepare_workdir(workdir, result.network_py, os.path.join(harness.REPO_ROOT, "train.py"))
+            course_generate_image(workdir, os.path.abspath(args.checkpoint_path), harness.REPO_ROOT, args, result,
+                                  result.network_py, f"{os.path.basename(result.network_py)} as network.py")
     return result
 
 
-def run_course_generate_image(network_py: str, args: argparse.Namespace, result: CheckResult) -> None:
-    """The graders' path for a model other than the course's: their plain generate_image.py (our re-creation,
-    t2i/course_harness) beside `network_py` copied as network.py, on the checkpoint folder. Its three PNGs go to
-    <out_dir>/course_generate_image/; a failure or a missing or mis-sized image is a problem."""
+def course_generate_image(workdir: str, checkpoint_path: str, code_root: str, args: argparse.Namespace,
+                          result: CheckResult, subject: str, described: str) -> None:
+    """The graders' plain generate_image.py (our re-creation, t2i/course_harness), already in `workdir` beside a
+    network.py, on `checkpoint_path`, with `code_root` on PYTHONPATH. Its three PNGs go to
+    <out_dir>/course_generate_image/; a failure or a missing or mis-sized image is a problem of `subject`."""
     folder = os.path.join(args.out_dir, "course_generate_image")
-    with tempfile.TemporaryDirectory() as workdir:
-        harness.prepare_workdir(workdir, network_py, os.path.join(harness.REPO_ROOT, "train.py"))
-        standin = args.clip_model if os.path.isfile(args.clip_model) else None  # else clip.load("ViT-B/32")
-        argv = ["--prompt", GRADER_PROMPTS[0], "--load_epoch", str(args.epoch),
-                "--checkpoint_path", os.path.abspath(args.checkpoint_path)]
-        done = harness.run_course_script(workdir, "generate_image.py", argv, clip_standin=standin)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            result.problem(network_py, f"the course's generate_image.py fails with it as network.py: {last}")
+    standin = args.clip_model if os.path.isfile(args.clip_model) else None  # else clip.load("ViT-B/32")
+    argv = ["--prompt", GRADER_PROMPTS[0], "--load_epoch", str(args.epoch), "--checkpoint_path", checkpoint_path]
+    done = harness.run_course_script(workdir, "generate_image.py", argv, clip_standin=standin, code_root=code_root)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        result.problem(subject, f"the course's generate_image.py fails with {described}: {last}")
+        return
+    os.makedirs(folder, exist_ok=True)
+    for size in (64, 128, 256):
+        name = f"result_{size}.png"
+        if not os.path.isfile(os.path.join(workdir, name)):
+            result.problem(subject, f"the course's generate_image.py wrote no {name} with {described}")
             return
-        os.makedirs(folder, exist_ok=True)
-        for size in (64, 128, 256):
-            name = f"result_{size}.png"
-            if not os.path.isfile(os.path.join(workdir, name)):
-                result.problem(network_py, f"the course's generate_image.py wrote no {name}")
+        with Image.open(os.path.join(workdir, name)) as image:
+            if image.size != (size, size):
+                result.problem(subject, f"the course's generate_image.py wrote {name} at {image.size} with {described}")
                 return
-            with Image.open(os.path.join(workdir, name)) as image:
-                if image.size != (size, size):
-                    result.problem(network_py, f"the course's generate_image.py wrote {name} at {image.size}")
-                    return
-                image.save(os.path.join(folder, name))
-    result.images.append(f"{folder}/result_{{64,128,256}}.png: the course's generate_image.py with "
-                         f"{os.path.basename(network_py)} as network.py: {GRADER_PROMPTS[0]}")
+            image.save(os.path.join(folder, name))
+    result.images.append(f"{folder}/result_{{64,128,256}}.png: the course's generate_image.py with {described}: "
+                         f"{GRADER_PROMPTS[0]}")
 
 
 def parameter_count(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def pack(paths: list[str], zip_path: str, network_py: str | None = None) -> None:
-    """The graded files, flat, in a zip (written atomically, so a failed pack leaves nothing); `network_py`, when
-    given, goes in as network.py."""
+def build_documents(arch: str, result: CheckResult) -> tuple[str | None, str | None]:
+    """The report, and the description of a model other than the course's, built fresh from docs/: their
+    paths (None where the build failed, with the problem recorded; a report past its page limit is one)."""
+    paths: dict[str, str | None] = {}
+    for label, name in (("(4) report", "report"), (f"(8) own model: {arch}", arch)):
+        if name not in docs_make.DOCUMENTS:
+            paths[name] = None
+            continue
+        try:
+            paths[name], pages = docs_make.build(name)
+        except T2IError as err:
+            result.problems.append(f"{label}: {err}")
+            paths[name] = None
+            continue
+        limit = docs_make.DOCUMENTS[name].max_pages
+        if limit is not None and pages > limit:
+            result.problems.append(f"{label}: {paths[name]} has {pages} pages; the guideline allows at most {limit}: "
+                                   f"shorten docs/{docs_make.DOCUMENTS[name].source}")
+    return paths["report"], paths.get(arch)
+
+
+def pack(listed: list[submission_files.Item], zip_path: str) -> int:
+    """Every item's files in a zip under their names, with the manifest as MANIFEST.txt (written atomically, so
+    a failed pack leaves nothing); returns the number of files packed."""
     folder = os.path.dirname(os.path.abspath(zip_path))
     make_folder(folder, "--zip")
     remove_stale_temp_files(folder, lambda name: name == os.path.basename(zip_path))
+    names = submission_files.zip_names(listed)
 
     def write(f) -> None:
         # The .pt files are zip archives already: storing them costs no space and saves the compression time.
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
-            for path in paths:
-                archive.write(path, arcname=os.path.basename(path))
-            if network_py is not None:
-                archive.write(network_py, arcname="network.py")
+            for path, name in names:
+                archive.write(path, arcname=name)
+            archive.writestr(submission_files.MANIFEST_NAME, submission_files.manifest(listed))
 
     atomic_write(zip_path, write)
+    return len(names)
+
+
+def check_unpacked(zip_path: str, args: argparse.Namespace, result: CheckResult) -> None:
+    """The zip as the graders use it: unpacked into an empty folder, the course's six plain files put beside
+    (replacing ours), and run on its own files alone (nothing of this repository on the path): their main.py
+    imports the packed train.py, and with it everything train.py imports; their generate_image.py writes the
+    three sizes from the packed weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = os.path.join(tmp, "unpacked")
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(packed)
+            names = archive.namelist()
+        workdir = harness.prepare_workdir(os.path.join(tmp, "graders"), os.path.join(packed, "network.py"),
+                                          os.path.join(packed, "train.py"))
+        for name in names:
+            if name not in (*harness.COURSE_FILES, "network.py", "train.py"):
+                os.makedirs(os.path.dirname(os.path.join(workdir, name)), exist_ok=True)
+                shutil.copyfile(os.path.join(packed, name), os.path.join(workdir, name))
+        done = harness.run_course_script(workdir, "main.py", ["--help"], code_root=workdir)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            result.problem(zip_path, f"unpacked beside the course's files, their main.py cannot import the packed "
+                                     f"train.py: {last}")
+            return
+        course_generate_image(workdir, workdir, workdir, args, result, zip_path,
+                              "the unpacked zip beside the course's files")
+
+
+def pack_submission(args: argparse.Namespace, result: CheckResult) -> None:
+    """Build the documents, pack every item into --zip and run the unpacked zip; a problem is recorded in
+    `result`, and then no zip is left behind."""
+    report, description = build_documents(result.arch, result)
+    if result.problems:
+        return
+    listed = submission_files.items(result.arch, result.network_py, result.files, report, description)
+    result.problems += submission_files.check_items(listed)
+    if result.problems:
+        return
+    count = pack(listed, args.zip)
+    print(f"Packed {count} files into {args.zip} ({human_size(os.path.getsize(args.zip))}):")
+    print(submission_files.manifest(listed), end="")
+    check_unpacked(args.zip, args, result)
+    if result.problems:
+        os.remove(args.zip)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.zip is not None and os.path.isdir(args.zip):
             raise T2IError(f"--zip {args.zip}: is a folder; give the zip's file name")
         result = check(args)
+        if args.zip and not result.problems:
+            pack_submission(args, result)
         for warning in result.warnings:
             print(f"warning: {warning}")
         if result.images:
@@ -321,11 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED: {len(result.problems)} problem(s) would cost points; fix them before submitting"
                   + (f" (nothing packed into {args.zip})" if args.zip else ""), file=sys.stderr)
             return 1
-        if args.zip:
-            pack(result.files, args.zip, result.network_py)
-            count = len(result.files) + (result.network_py is not None)
-            print(f"Packed {count} files into {args.zip} ({human_size(os.path.getsize(args.zip))})")
-    print(f"OK: epoch {args.epoch} in {args.checkpoint_path} loads exactly as the graders load it")
+    print(f"OK: epoch {args.epoch} in {args.checkpoint_path} loads exactly as the graders load it"
+          + (f"; {args.zip} runs with the course's files" if args.zip else ""))
     return 0
 
 

@@ -37,16 +37,17 @@ def prepare_workdir(workdir: str, network_py: str, train_py: str) -> str:
 
 
 def run_course_script(workdir: str, script: str, argv: list[str], clip_standin: str | None = None,
-                      timeout: float | None = None, extra_env: dict[str, str] | None = None
-                      ) -> subprocess.CompletedProcess:
-    """Run `python script *argv` in `workdir` with the shim and the repository root on PYTHONPATH.
+                      timeout: float | None = None, extra_env: dict[str, str] | None = None,
+                      code_root: str = REPO_ROOT) -> subprocess.CompletedProcess:
+    """Run `python script *argv` in `workdir` with the shim and `code_root` (the repository) on PYTHONPATH.
 
     `clip_standin` (a local CLIP state-dict file) replaces every `clip.load` model; `extra_env` adds variables
-    (PYTHONPATH is always the harness's). Output is captured as text.
+    (PYTHONPATH is always the harness's). `code_root` set to `workdir` runs an unpacked submission on its own
+    files alone (the shim's `t2i` import included). Output is captured as text.
     """
     env = {key: value for key, value in os.environ.items() if key != "T2I_CLIP_STANDIN"}
     env.update(extra_env or {})
-    env["PYTHONPATH"] = os.pathsep.join([SHIM_DIR, REPO_ROOT])
+    env["PYTHONPATH"] = os.pathsep.join([SHIM_DIR, code_root])
     if clip_standin is not None:
         env["T2I_CLIP_STANDIN"] = os.path.abspath(clip_standin)
     return subprocess.run([sys.executable, script, *argv], cwd=workdir, env=env, capture_output=True, text=True,

@@ -29,6 +29,7 @@ from t2i import checkpoints, clip_utils, plots
 from t2i.data import preprocessing
 from t2i.errors import T2IError
 from t2i.files import atomic_save, atomic_write_text
+from t2i.submission_files import Item
 from t2i.training import options
 from t2i.training.log import LossLog
 
@@ -423,7 +424,8 @@ def test_6_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monke
         "run_options": lambda: atomic_write_text(str(path), "{}"),
         "sample_grid": lambda: plots.save_image_grid(torch.zeros(4, 3, 8, 8), str(path), ncol=2, captions=["a"] * 4),
         "loss_curve": lambda: plots.plot_loss_curve(str(log), str(path)),
-        "submission_zip": lambda: check_submission.pack([str(log)], str(path)),
+        "submission_zip": lambda: check_submission.pack([Item("(3) weights", True, [(str(log), "log.csv")])],
+                                                        str(path)),
     }[writer]
     enospc_on_fsync(monkeypatch)
     with pytest.raises(T2IError) as error:
