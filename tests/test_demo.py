@@ -1,5 +1,5 @@
 """demo.py --quick runs the whole pipeline end to end on the CPU, scores held-out prompts and says plainly what it
-stood in for; the README's demo figures were measured with the demo's default settings."""
+stood in for; docs/demo.md's figures were measured with the demo's default settings."""
 import json
 import os
 import zipfile
@@ -78,10 +78,10 @@ def test_the_prompts_ask_for_held_out_combinations_a_viewer_can_tell_apart():
     assert {combo["eyeglasses"] for _, combo in prompts} == {True, False}
 
 
-def test_the_readme_quotes_the_settings_its_demo_figures_were_measured_with():
-    # The README's demo timing and accuracy were measured with demo.py's defaults; this line is what the demo
+def test_the_docs_quote_the_settings_its_demo_figures_were_measured_with():
+    # docs/demo.md's timing and accuracy were measured with demo.py's defaults; this line is what the demo
     # prints, so changing a default without measuring again fails here.
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "demo.md")) as f:
         assert demo.settings_line(demo.FULL) in f.read().replace("\n", " ")
 
 
