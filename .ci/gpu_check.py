@@ -8,7 +8,8 @@ On synthetic data, with a random-weight ViT-B/32 (the real architecture; nothing
   1. every command of colab.ipynb's cells, in order, at reduced sizes (the settings cell's values are replaced,
      its Drive and /content paths moved into a temporary folder);
   2. training without and with AMP, and a resume of the AMP run;
-  3. generation, evaluation and the submission check on the resumed run;
+  3. generation, evaluation (the standard protocol and the graders', `--protocol course`) and the submission
+     check (with the graders' FID and IS) on the resumed run;
   4. the demo (`demo.py --quick --offline`);
   5. the whole test suite with CUDA visible (its CUDA-only tests run; the CPU ones pin the CPU);
   6. with --benchmark, on CUDA only: `benchmarks.train_loop` at the course's sizes (the README's GPU table).
@@ -103,11 +104,15 @@ class Checker:
         self.results.append("SKIP")
 
 
-def script_flags(script: str, clip_path: str, inception_path: str, device: str) -> list[str]:
-    """What each notebook command gets on top of its own flags: the stand-ins, the device, a small model."""
+def script_flags(words: list[str], clip_path: str, inceptions: dict[str, str], device: str) -> list[str]:
+    """What a notebook command (`python script ...` as `words`) gets on top of its own flags: the stand-ins (the
+    Inception of the protocol its evaluate.py line names), the device, a small model."""
+    script = words[1]
+    protocol = words[words.index("--protocol") + 1] if "--protocol" in words else "standard"
     flags = {"main.py": ["--clip_model", clip_path, "--device", device, *SMALL_MODEL],
              "generate_image.py": ["--clip_model", clip_path, "--device", device],
-             "evaluate.py": ["--clip_model", clip_path, "--inception_weights", inception_path, "--device", device],
+             "evaluate.py": ["--clip_model", clip_path, "--inception_weights", inceptions[protocol], "--device",
+                             device],
              "check_submission.py": ["--clip_model", clip_path, "--device", device]}
     if script.startswith("preproc_datasets_celeba_zip_"):
         return ["--clip_model", clip_path, "--device", device]
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from t2i import checkpoints, clip_utils, metrics, synthetic
+    from t2i import checkpoints, clip_utils, course_metrics, metrics, synthetic
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -137,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         clip_path = clip_utils.make_random_clip(os.path.join(tmp, f"clip_{args.clip}.pt"), args.clip, 512)
         inception_path = metrics.make_random_inception(os.path.join(tmp, "inception_random.pth"))
+        course_inception_path = course_metrics.make_random_course_inception(
+            os.path.join(tmp, "inception_v3_random.pth"))
+        inceptions = {"standard": inception_path, "course": course_inception_path}
 
         # 1. The notebook's commands, in order.
         namespace = notebook_settings(os.path.join(tmp, "content"))
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             expanded = expand(command, namespace)
             words = shlex.split(expanded)
             if words[0] in ("python", "python3"):
-                words = [python, *words[1:], *script_flags(words[1], clip_path, inception_path, device)]
+                words = [python, *words[1:], *script_flags(words, clip_path, inceptions, device)]
                 checker.step(f"notebook cell {cell}: {' '.join(words[1:3])}", words)
             else:  # a shell line (copies between Drive and the local disk), run as the notebook runs it
                 checker.step(f"notebook cell {cell}: {words[0]}", expanded)
@@ -184,9 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         checker.step("evaluation", [python, "evaluate.py", "--checkpoint_path", amp_dir, "--load_epoch", str(epoch),
                                     "--test_data", namespace["LOCAL_TEST_ZIP"], "--num_samples", "16", "--clip_model",
                                     clip_path, "--inception_weights", inception_path, "--device", device, "--quiet"])
-        checker.step("submission check", [python, "check_submission.py", "--checkpoint_path", amp_dir, "--epoch",
-                                          str(epoch), "--clip_model", clip_path, "--device", device, "--out_dir",
-                                          os.path.join(tmp, "check"), "--num_images", "1"])
+        checker.step("evaluation, the graders' protocol (--protocol course)",
+                     [python, "evaluate.py", "--protocol", "course", "--checkpoint_path", amp_dir, "--load_epoch",
+                      str(epoch), "--test_data", namespace["LOCAL_TEST_ZIP"], "--batch_size", "8", "--clip_model",
+                      clip_path, "--inception_weights", course_inception_path, "--device", device, "--quiet"])
+        checker.step("submission check, with the graders' FID and IS",
+                     [python, "check_submission.py", "--checkpoint_path", amp_dir, "--epoch", str(epoch),
+                      "--clip_model", clip_path, "--device", device, "--out_dir", os.path.join(tmp, "check"),
+                      "--num_images", "1", "--test_data", namespace["LOCAL_TEST_ZIP"], "--inception_weights",
+                      course_inception_path, "--eval_batch_size", "8"])
 
         # 4. The demo.
         checker.step("demo (--quick --offline)", [python, "demo.py", "--quick", "--offline", "--device", device,

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from network import Generator
-from t2i import clip_utils, metrics, plots
+from t2i import clip_utils, course_metrics, metrics, plots
 from t2i.datasets import check_clip_matches, check_same_clip
 from t2i.errors import T2IError
 from t2i.files import atomic_write_text, make_folder
+from t2i.generation import encode_prompt
 from t2i.metrics import (IS_SPLITS, clip_image_embeddings, clip_score, fidelity_metrics, inception_features,
                          load_inception)
 from t2i.plots import to_uint8
@@ -190,8 +191,9 @@ class Evaluator:
             captions = [self.dataset.captions_of(int(self.indices[i]))[int(self.captions[i])] for i in shown]
             plots.save_image_grid(images[:len(shown)].float() / 127.5 - 1, grid_path, ncol=GRID_COLUMNS,
                                   captions=captions if any(captions) else None)
-        figures.update(num_samples=self.num_samples, seed=self.seed, generated_size=generated_size,
-                       eval_size=self.image_size, seconds=round(time.time() - started, 1),
+        figures.update(protocol="standard", num_samples=self.num_samples, seed=self.seed,
+                       generated_size=generated_size, eval_size=self.image_size,
+                       seconds=round(time.time() - started, 1),
                        clip=clip_utils.clip_identity_of(self.clip_model) if self.clip_model is not None else None,
                        test_data_clip=self.dataset.settings.get("clip"))
         return figures
@@ -203,9 +205,19 @@ def write_report(path: str, report: dict) -> None:
 
 
 def make_training_evaluator(args: Namespace, clip_model: nn.Module | None, device: torch.device,
-                            train_clip: dict | None = None) -> Evaluator:
+                            train_clip: dict | None = None) -> Evaluator | course_metrics.CourseEvaluator:
     """The test-split evaluator for --eval_every, built once: the test zip, Inception and the real images'
-    features are loaded a single time for the whole run. The test zip must come from the train zip's CLIP."""
+    features are loaded a single time for the whole run. The test zip must come from the train zip's CLIP.
+    --eval_protocol course: the graders' FID and IS of the first --eval_samples test images (their prompt, read
+    by --clip_model even when training does not use CLIP)."""
+    if args.eval_protocol == "course":
+        clip_model = clip_model or clip_utils.load_clip_checked(args.clip_model, device, args.clip_embedding_dim,
+                                                                "--clip_embedding_dim")
+        prompt = course_metrics.PUBLISHED_PROMPT
+        return course_metrics.CourseEvaluator(
+            args.eval_data, encode_prompt(clip_model, prompt, device), prompt=prompt,
+            device=device, inception_weights=args.inception_weights, num_samples=args.eval_samples,
+            samples_flag="--eval_samples")
     dataset = load_test_dataset(args.eval_data, args.clip_embedding_dim)
     check_same_clip(dataset.settings.get("clip"), f"--eval_data {args.eval_data}", train_clip,
                     f"the CLIP of --train_data {args.train_data}", args.allow_clip_mismatch)
@@ -222,7 +234,9 @@ def _spread(value: float | None, digits: int) -> str:
 
 def summary_line(figures: dict) -> str:
     """Every figure with the number of images it was measured on, and a caveat where it is biased or not
-    measured (the full sentences are in the report's `caveats`)."""
+    measured (the full sentences are in the report's `caveats`); the graders' figures for a course report."""
+    if figures.get("protocol") == "course":
+        return course_metrics.summary_line(figures)
     n_gen = figures.get("fid_num_generated", figures["num_samples"])
     n_real = figures.get("fid_num_real", figures["num_samples"])
     fid_note = "; biased below 2048: compare at equal sizes" if min(n_gen, n_real) < metrics.FID_FEATURES else ""

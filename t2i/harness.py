@@ -2,7 +2,8 @@
 
 The graders load checkpoints with their own plain copies of main.py, generate_image.py, dataloader.py,
 read_dataset.py, train_utils.py and fix_seed.py. `prepare_workdir` puts those six plain files beside a given
-network.py and train.py; `run_course_script` runs one of the course scripts there in a fresh interpreter.
+network.py and train.py; `run_course_script` runs one of the course scripts there in a fresh interpreter; `load_course_module` imports one
+of the plain files into this process (the graders' FID and IS read the test split through the course's loader).
 Python puts the script's folder first on sys.path, so the plain files shadow the package's supersets of them,
 while the repository root (after them on PYTHONPATH) still serves the other modules our train.py imports.
 The shim folder comes first on PYTHONPATH: its sitecustomize makes `import clip` work and, with
@@ -10,10 +11,12 @@ The shim folder comes first on PYTHONPATH: its sitecustomize makes `import clip`
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from types import ModuleType
 
 HARNESS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "course_harness")
 SHIM_DIR = os.path.join(HARNESS_DIR, "shim")
@@ -49,3 +52,12 @@ def run_course_script(workdir: str, script: str, argv: list[str], clip_standin: 
         env["T2I_CLIP_STANDIN"] = os.path.abspath(clip_standin)
     return subprocess.run([sys.executable, script, *argv], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def load_course_module(name: str) -> ModuleType:
+    """The plain course file `name`.py (our re-creation) imported under a private name (`course_plain_<name>`), so
+    that it cannot clash with the package's superset of the same name."""
+    spec = importlib.util.spec_from_file_location(f"course_plain_{name}", os.path.join(HARNESS_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -14,7 +14,7 @@ import os
 from t2i.files import atomic_write_text
 
 BASE_FIELDS = ["epoch", "step", "seconds", "d_loss", "g_loss"]
-EVAL_FIELDS = ["fid", "kid_mean", "is_mean", "clip_score"]
+EVAL_FIELDS = ["fid", "kid_mean", "is_mean", "clip_score", "course_fid", "course_is"]
 
 
 class LossLog:
