@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the first ones, in whole batches); default all")
     parser.add_argument("--batch_size", type=int, default=None,
                         help=f"images a batch (default {STANDARD_BATCH_SIZE}; --protocol course: the graders' loader "
-                             f"batch, {GRADERS_BATCH_SIZE}, which drops the last incomplete one: smaller only for a "
-                             f"small test zip)")
+                             f"batch, {GRADERS_BATCH_SIZE} (or --num_samples, if fewer), which drops the last "
+                             f"incomplete one)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--clip_model", default="ViT-B/32",
                         help="CLIP name, or a local CLIP file (see main.py's --clip_model); must be the model that "
@@ -97,7 +97,9 @@ def course_report(args: argparse.Namespace, generator, hyp: dict, device, checkp
                        args.allow_clip_mismatch)
     evaluator = CourseEvaluator(args.test_data, encode_prompt(clip_model, args.prompt, device),
                                 prompt=args.prompt, device=device, inception_weights=args.inception_weights,
-                                batch_size=args.batch_size or GRADERS_BATCH_SIZE, num_samples=args.num_samples,
+                                batch_size=args.batch_size or min(GRADERS_BATCH_SIZE, args.num_samples or
+                                                                  GRADERS_BATCH_SIZE),
+                                num_samples=args.num_samples,
                                 seed=GRADERS_SEED if args.seed is None else args.seed, progress=progress)
     return evaluator(generator, grid_path)
 

@@ -106,14 +106,19 @@ class Checker:
 
 def script_flags(words: list[str], clip_path: str, inceptions: dict[str, str], device: str) -> list[str]:
     """What a notebook command (`python script ...` as `words`) gets on top of its own flags: the stand-ins (the
-    Inception of the protocol its evaluate.py line names), the device, a small model."""
+    Inception of the protocol the line names), the device, a small model; the graders' measurement in
+    check_submission in batches the synthetic test zip fills."""
     script = words[1]
-    protocol = words[words.index("--protocol") + 1] if "--protocol" in words else "standard"
-    flags = {"main.py": ["--clip_model", clip_path, "--device", device, *SMALL_MODEL],
+    protocol = next((words[i + 1] for i in range(len(words) - 1) if words[i] in ("--protocol", "--eval_protocol")),
+                    "standard")
+    inception = ["--inception_weights", inceptions[protocol]]
+    flags = {"main.py": ["--clip_model", clip_path, "--device", device, *SMALL_MODEL,
+                         *(inception if "--eval_every" in words else [])],
              "generate_image.py": ["--clip_model", clip_path, "--device", device],
-             "evaluate.py": ["--clip_model", clip_path, "--inception_weights", inceptions[protocol], "--device",
-                             device],
-             "check_submission.py": ["--clip_model", clip_path, "--device", device]}
+             "evaluate.py": ["--clip_model", clip_path, *inception, "--device", device],
+             "check_submission.py": ["--clip_model", clip_path, "--device", device,
+                                     *(["--inception_weights", inceptions["course"], "--eval_batch_size", "8"]
+                                       if "--test_data" in words else [])]}
     if script.startswith("preproc_datasets_celeba_zip_"):
         return ["--clip_model", clip_path, "--device", device]
     return flags.get(script, [])

@@ -208,15 +208,16 @@ def make_training_evaluator(args: Namespace, clip_model: nn.Module | None, devic
                             train_clip: dict | None = None) -> Evaluator | course_metrics.CourseEvaluator:
     """The test-split evaluator for --eval_every, built once: the test zip, Inception and the real images'
     features are loaded a single time for the whole run. The test zip must come from the train zip's CLIP.
-    --eval_protocol course: the graders' FID and IS of the first --eval_samples test images (their prompt, read
-    by --clip_model even when training does not use CLIP)."""
+    --eval_protocol course: the graders' FID and IS of the first --eval_samples test images in the graders' batches
+    of 128 (fewer: one batch of them), their prompt read by --clip_model even when training does not use CLIP."""
     if args.eval_protocol == "course":
         clip_model = clip_model or clip_utils.load_clip_checked(args.clip_model, device, args.clip_embedding_dim,
                                                                 "--clip_embedding_dim")
         prompt = course_metrics.PUBLISHED_PROMPT
         return course_metrics.CourseEvaluator(
             args.eval_data, encode_prompt(clip_model, prompt, device), prompt=prompt,
-            device=device, inception_weights=args.inception_weights, num_samples=args.eval_samples,
+            device=device, inception_weights=args.inception_weights,
+            batch_size=min(course_metrics.GRADERS_BATCH_SIZE, args.eval_samples), num_samples=args.eval_samples,
             samples_flag="--eval_samples")
     dataset = load_test_dataset(args.eval_data, args.clip_embedding_dim)
     check_same_clip(dataset.settings.get("clip"), f"--eval_data {args.eval_data}", train_clip,

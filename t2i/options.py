@@ -121,7 +121,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("eval_every", 0, "evaluate FID/IS/KID/CLIP score every K epochs (0: off)", EVALUATION, IGNORE, int),
     Option("eval_protocol", "standard", "--eval_every's measurement: standard (torch-fidelity's FID, KID, IS and "
            "CLIP score) or course (the graders' FID and IS, which rank the teams: pytorch-ignite, one prompt, the "
-           "first --eval_samples test images in batches of 128)", EVALUATION, IGNORE, str, ("standard", "course")),
+           "first --eval_samples test images in batches of 128, or in one if fewer)", EVALUATION, IGNORE, str,
+           ("standard", "course")),
     Option("eval_data", None, "preprocessed test zip for --eval_every", EVALUATION, IGNORE, str),
     Option("eval_samples", 1000, "test images scored at each evaluation", EVALUATION, IGNORE, int),
     Option("inception_weights", None, "local Inception weights for the metrics: torch-fidelity's "

@@ -228,11 +228,17 @@ def test_wrong_weights_and_too_small_a_test_zip_are_one_line_errors(varied_check
 
 def test_training_evaluates_with_the_graders_protocol_when_asked(small_test_zip, course_inception_path,
                                                                 tiny_clip_path):
-    args = options.complete(options.parse(["--eval_every", "1", "--eval_data", small_test_zip, "--eval_protocol",
-                                           "course", "--eval_samples", "4", "--inception_weights",
-                                           course_inception_path, "--clip_model", tiny_clip_path], "test"))
-    with pytest.raises(T2IError, match="--eval_samples 4 keeps 4 test images, which fill no batch of 128"):
-        evaluation.make_training_evaluator(args, None, torch.device("cpu"))
+    def training_evaluator(eval_samples: int):
+        args = options.complete(options.parse(
+            ["--eval_every", "1", "--eval_data", small_test_zip, "--eval_protocol", "course", "--eval_samples",
+             str(eval_samples), "--inception_weights", course_inception_path, "--clip_model", tiny_clip_path], "t"))
+        return evaluation.make_training_evaluator(args, None, torch.device("cpu"))
+
+    evaluator = training_evaluator(4)  # fewer than 128: one batch of them
+    assert isinstance(evaluator, course_metrics.CourseEvaluator) and evaluator.num_real == evaluator.batch_size == 4
+    assert evaluator.prompt == course_metrics.PUBLISHED_PROMPT
+    with pytest.raises(T2IError, match="holds 6 test images, which fill no batch of 100"):
+        training_evaluator(100)
     figures = {"protocol": "course", "course_fid": 0.25, "course_is": 1.9, "num_real": 5888, "num_generated": 5888}
     assert evaluation.summary_line(figures).startswith("graders' FID 0.250000, IS 1.900000 (5888 fakes")
 

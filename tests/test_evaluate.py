@@ -185,6 +185,7 @@ def test_cli_writes_report_with_every_figure_and_a_grid(checkpoint_dir, test_zip
     report = json.loads(out.read_text())
     for key in ("fid", "kid_mean", "is_mean", "is_std", "clip_score", "clip_score_real"):
         assert isinstance(report[key], float) and np.isfinite(report[key]), key
+    assert report["protocol"] == "standard"
     assert report["kid_std"] is None and len(report["caveats"]) == 2  # 10 images: see test_silently_wrong.py
     assert report["num_samples"] == 10 and report["generated_size"] == 256 and report["eval_size"] == 256
     assert report["is_splits"] == 10 and report["kid_subset_size"] == 10
