@@ -13,7 +13,9 @@ The metrics see the generator's largest stage. A model with fewer than 3 stages 
 bicubically to the test images' size (256 px) first, so that FID compares like with like; the report records
 the native size as `generated_size`.
 
-An `Evaluator` extracts the real images' features once, so training keeps one for the whole run.
+An `Evaluator` extracts the real images' features once, so training keeps one for the whole run. With
+`--eval_protocol course` training gets the graders' measurement instead (`t2i/course_metrics.py`), and
+`summary_line` prints either kind of report.
 """
 from __future__ import annotations
 

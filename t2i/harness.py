@@ -2,8 +2,7 @@
 
 The graders load checkpoints with their own plain copies of main.py, generate_image.py, dataloader.py,
 read_dataset.py, train_utils.py and fix_seed.py. `prepare_workdir` puts those six plain files beside a given
-network.py and train.py; `run_course_script` runs one of the course scripts there in a fresh interpreter; `load_course_module` imports one
-of the plain files into this process (the graders' FID and IS read the test split through the course's loader).
+network.py and train.py; `run_course_script` runs one of the course scripts there in a fresh interpreter.
 Python puts the script's folder first on sys.path, so the plain files shadow the package's supersets of them,
 while the repository root (after them on PYTHONPATH) still serves the other modules our train.py imports.
 The shim folder comes first on PYTHONPATH: its sitecustomize makes `import clip` work and, with
@@ -55,9 +54,19 @@ def run_course_script(workdir: str, script: str, argv: list[str], clip_standin: 
 
 
 def load_course_module(name: str) -> ModuleType:
-    """The plain course file `name`.py (our re-creation) imported under a private name (`course_plain_<name>`), so
-    that it cannot clash with the package's superset of the same name."""
-    spec = importlib.util.spec_from_file_location(f"course_plain_{name}", os.path.join(HARNESS_DIR, f"{name}.py"))
+    """One of the six plain course files imported in this process under a private name (`course_<name>`), so that
+    it cannot replace the package's module of the same name. Its own imports of the other course files
+    (read_dataset's `from train_utils import normalize`) resolve to the plain files too, while it loads."""
+    spec = importlib.util.spec_from_file_location(f"course_{name}", os.path.join(HARNESS_DIR, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    shadowed = {other: sys.modules.pop(other) for other in (n.removesuffix(".py") for n in COURSE_FILES)
+                if other in sys.modules}
+    sys.path.insert(0, HARNESS_DIR)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(HARNESS_DIR)
+        for other in (n.removesuffix(".py") for n in COURSE_FILES):
+            sys.modules.pop(other, None)
+        sys.modules.update(shadowed)
     return module
