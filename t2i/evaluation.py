@@ -145,11 +145,12 @@ class Evaluator:
     @torch.no_grad()
     def generate(self, generator: Generator) -> torch.Tensor:
         """One uint8 [3, S, S] image per selected test image (S: the test images' size), from its caption."""
-        if generator.text_embedding_dim != self.dataset.embedding_dim:
+        # network.py's Generator calls its text width text_embedding_dim, GALIP's (network_galip.py) clip_embedding_dim
+        text_dim = getattr(generator, "text_embedding_dim", None) or generator.clip_embedding_dim
+        if text_dim != self.dataset.embedding_dim:
             raise T2IError(
                 f"{self.dataset.data_path}: its caption embeddings are {self.dataset.embedding_dim}-d but the "
-                f"generator takes clip_embedding_dim {generator.text_embedding_dim}; preprocess the test split with "
-                f"--emb_dim {generator.text_embedding_dim}")
+                f"generator takes clip_embedding_dim {text_dim}; preprocess the test split with --emb_dim {text_dim}")
         noise_all = torch.randn(len(self.dataset), generator.noise_dim,
                                 generator=torch.Generator().manual_seed(self.seed))
         noise = noise_all[torch.from_numpy(self.indices)]

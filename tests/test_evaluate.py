@@ -222,6 +222,18 @@ def test_two_stage_generator_is_upsampled_and_the_grid_is_written(test_zip, ince
     assert (tmp_path / "eval" / "grid.png").is_file()
 
 
+def test_a_galip_generator_is_generated_for_too(test_zip, inception_path):
+    """GALIP's generator calls its text width clip_embedding_dim (network.py's: text_embedding_dim)."""
+    import network_galip
+
+    dataset = evaluation.load_test_dataset(test_zip, CLIP_DIM, progress=False)
+    evaluator = evaluation.Evaluator(dataset, num_samples=10, batch_size=5, inception_weights=inception_path,
+                                     progress=False)
+    torch.manual_seed(0)
+    images = evaluator.generate(network_galip.Generator(CLIP_DIM, 16, 8, 16, 3, 1, "cpu"))
+    assert images.shape == (10, 3, 256, 256) and images.dtype == torch.uint8
+
+
 def run_cli_error(argv: list, capsys) -> str:
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(argv + ["--device", "cpu", "--quiet"])
