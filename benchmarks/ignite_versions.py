@@ -9,6 +9,8 @@ run and how to put another ignite or SciPy first on the path, e.g.
 """
 from __future__ import annotations
 
+import argparse
+
 import numpy
 import scipy
 import torch
@@ -27,7 +29,8 @@ def probability_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]
     return [(fake[i:i + BATCH], real[i:i + BATCH]) for i in range(0, len(fake), BATCH)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
     fid = FID(num_features=CLASSES, feature_extractor=torch.nn.Identity())
     inception_score = InceptionScore(num_features=CLASSES, feature_extractor=torch.nn.Identity(),
                                      output_transform=lambda output: output[0])
