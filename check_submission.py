@@ -15,7 +15,8 @@ written into the zip. It refuses, naming the item, when an essential item is mis
 pages. The zip is then unpacked into an empty folder beside the course's six plain files (our re-creation,
 t2i/course_harness) and run on its own files alone: their main.py must import the packed train.py, and their
 generate_image.py must write result_64/128/256.png at those sizes from the packed weights; otherwise the zip is
-removed again.
+removed again. With --test_data the report ends with the graders' FID and IS of the epoch
+(`evaluate.py --protocol course`: what ranks the submission), printed as the graders print them.
 
 A GALIP run (`--arch galip`, read from the run's run_options.json unless given) is graded with GALIP's module as
 `network.py`. Without --zip the check runs the course's `generate_image.py` beside network_galip.py copied as
@@ -44,11 +45,13 @@ from t2i.checkpoints import (HYPERPARAMETER_FILE, HYPERPARAMETER_KEYS, build_dis
                              nonfinite_tensors, read_run_record, run_arch)
 from t2i.devices import resolve_device
 from t2i.errors import T2IError, one_line_errors
+from t2i.evaluation.course import GRADERS_BATCH_SIZE, PUBLISHED_PROMPT, CourseEvaluator, graders_lines
+from t2i.evaluation.evaluator import write_report
 from t2i.files import atomic_write, human_size, make_folder, read_torch_file, remove_stale_temp_files
 from t2i.generation import check_out_dir, encode_prompt, generate, save_results
 
 GRADER_PROMPTS = (
-    "The woman is young and has blond hair, and arched eyebrows.",
+    PUBLISHED_PROMPT,
     "The man is middle-aged and has black hair, a mustache and a goatee.",
 )
 # Constructor arguments read from hyperparameter.pt: they must be plain ints for the graders' calls to work.
@@ -68,6 +71,7 @@ class CheckResult:
     images: list[str] = field(default_factory=list)
     arch: str = "stackgan"                              # the model the run trained (--arch)
     network_py: str = ""                                # its models' module, the graded network.py
+    figures: dict | None = None                         # the graders' FID and IS, with --test_data
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(f"{path}: {reason}")
@@ -92,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", default=None, choices=sorted(NETWORKS),
                         help="the model the run trained (default: its run_options.json's, else stackgan); galip "
                              "packs network_galip.py as network.py and runs the course's generate_image.py on it")
+    parser.add_argument("--test_data", default=None,
+                        help="preprocessed test zip: also measure the graders' FID and IS of the epoch on it "
+                             "(evaluate.py --protocol course; minutes on a GPU)")
+    parser.add_argument("--inception_weights", default=None,
+                        help="with --test_data: a local copy of torchvision's inception_v3_google-0cc3c7bd.pth "
+                             "(default: downloaded)")
+    parser.add_argument("--eval_batch_size", type=int, default=GRADERS_BATCH_SIZE,
+                        help="with --test_data: the graders' loader batch (it drops an incomplete last one); smaller "
+                             "only for a small test zip")
     return parser
 
 
@@ -261,7 +274,22 @@ def check(args: argparse.Namespace) -> CheckResult:
             harness.prepare_workdir(workdir, result.network_py, os.path.join(harness.REPO_ROOT, "train.py"))
             course_generate_image(workdir, os.path.abspath(args.checkpoint_path), harness.REPO_ROOT, args, result,
                                   result.network_py, f"{os.path.basename(result.network_py)} as network.py")
+    if args.test_data is not None and generator_ok and not result.problems:
+        result.figures = graders_figures(generator, hyp, args, device)
     return result
+
+
+def graders_figures(generator: nn.Module, hyp: dict, args: argparse.Namespace, device: torch.device) -> dict:
+    """The graders' FID and IS of the epoch on --test_data, their published prompt; the report and a picture of
+    the first Inception inputs go to --out_dir."""
+    clip_model = clip_utils.load_clip_checked(args.clip_model, device, hyp["clip_embedding_dim"],
+                                              f"clip_embedding_dim of {HYPERPARAMETER_FILE}")
+    evaluator = CourseEvaluator(args.test_data, encode_prompt(clip_model, PUBLISHED_PROMPT, device),
+                                prompt=PUBLISHED_PROMPT, device=device, inception_weights=args.inception_weights,
+                                batch_size=args.eval_batch_size)
+    figures = evaluator(generator, os.path.join(args.out_dir, "graders_fid_is_grid.png"))
+    write_report(os.path.join(args.out_dir, "graders_fid_is.json"), figures)
+    return figures
 
 
 def course_generate_image(workdir: str, checkpoint_path: str, code_root: str, args: argparse.Namespace,
@@ -385,7 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     with one_line_errors():
         if args.num_images < 1:
             raise T2IError(f"--num_images {args.num_images}: must be at least 1")
+        if args.eval_batch_size < 1:
+            raise T2IError(f"--eval_batch_size {args.eval_batch_size}: must be at least 1")
         check_out_dir(args.out_dir)
+        if args.test_data is not None and not os.path.isfile(args.test_data):
+            raise T2IError(f"--test_data {args.test_data}: no such test zip; preprocess the test split with "
+                           f"preproc_datasets_celeba_zip_test.py, or leave the flag out")
         if args.zip is not None and os.path.isdir(args.zip):
             raise T2IError(f"--zip {args.zip}: is a folder; give the zip's file name")
         result = check(args)
@@ -397,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
             print("Prompt images (look at them: 10 points a prompt whose image matches its text):")
             for path in result.images:
                 print(f"  {path}")
+        if result.figures is not None:
+            print(f"The graders' FID and IS of epoch {args.epoch} ({result.figures['num_real']} test images, one "
+                  f"prompt; docs/evaluation.md), report in {args.out_dir}/graders_fid_is.json:")
+            print(graders_lines(result.figures))
+            for caveat in result.figures["caveats"]:
+                print(f"  note: {caveat}")
         if result.problems:
             for problem in result.problems:
                 print(f"PROBLEM: {problem}", file=sys.stderr)

@@ -39,12 +39,12 @@ BENCHMARK = ["-m", "benchmarks.train_loop", "--device", "cuda", "--stages", "1,3
              "--rounds", "2", "--iterations", "200", "--epoch_iterations", "100", "--count_ops"]
 
 
-def small_settings(content_dir: str, clip_path: str, inception_path: str) -> dict:
-    """SMALL_SETTINGS, Colab's /content (and Drive in it) moved to `content_dir`, the stand-in CLIP and Inception
-    files and SMALL_MODEL: the values that run the notebook on any machine, offline."""
+def small_settings(content_dir: str, clip_path: str, inception_path: str, course_inception_path: str) -> dict:
+    """SMALL_SETTINGS, Colab's /content (and Drive in it) moved to `content_dir`, the stand-in CLIP and the two
+    protocols' Inception files, and SMALL_MODEL: the values that run the notebook on any machine, offline."""
     return {**SMALL_SETTINGS, "CONTENT_DIR": content_dir, "DRIVE_DIR": f"{content_dir}/drive/MyDrive/t2i",
             "WORK_DIR": f"{content_dir}/t2i", "CLIP_MODEL": clip_path, "INCEPTION_WEIGHTS": inception_path,
-            "EXTRA_TRAIN_FLAGS": shlex.join(SMALL_MODEL)}
+            "COURSE_INCEPTION_WEIGHTS": course_inception_path, "EXTRA_TRAIN_FLAGS": shlex.join(SMALL_MODEL)}
 
 
 def with_settings(source: str, values: dict) -> str:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from t2i import checkpoints, clip_utils
-    from t2i.evaluation import metrics
+    from t2i.evaluation import course, metrics
     from t2i.synthetic import world
 
     cuda = torch.cuda.is_available()
@@ -143,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         clip_path = clip_utils.make_random_clip(os.path.join(tmp, f"clip_{args.clip}.pt"), args.clip, 512)
         inception_path = metrics.make_random_inception(os.path.join(tmp, "inception_random.pth"))
+        course_inception_path = course.make_random_course_inception(os.path.join(tmp, course.INCEPTION_FILE))
 
         # 1. The notebook's commands, in order.
-        namespace = notebook_settings(small_settings(os.path.join(tmp, "content"), clip_path, inception_path))
+        namespace = notebook_settings(small_settings(os.path.join(tmp, "content"), clip_path, inception_path,
+                                                     course_inception_path))
         drive = namespace["DRIVE_DIR"]
         world.write_raw_dataset(drive, num_images=60, num_train=40, num_test=20, size=256, seed=0)
         for folder in (namespace["OUTPUT_DIR"], os.path.dirname(namespace["LOCAL_RAW_ZIP"])):
@@ -190,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         checker.step("evaluation", [python, "evaluate.py", "--checkpoint_path", amp_dir, "--load_epoch", str(epoch),
                                     "--test_data", namespace["LOCAL_TEST_ZIP"], "--num_samples", "16", "--clip_model",
                                     clip_path, "--inception_weights", inception_path, "--device", device, "--quiet"])
+        checker.step("evaluation, the graders' protocol (--protocol course)",
+                     [python, "evaluate.py", "--protocol", "course", "--checkpoint_path", amp_dir, "--load_epoch",
+                      str(epoch), "--test_data", namespace["LOCAL_TEST_ZIP"], "--num_samples", "8", "--clip_model",
+                      clip_path, "--inception_weights", course_inception_path, "--device", device, "--quiet"])
         checker.step("submission check", [python, "check_submission.py", "--checkpoint_path", amp_dir, "--epoch",
                                           str(epoch), "--clip_model", clip_path, "--device", device, "--out_dir",
                                           os.path.join(tmp, "check"), "--num_images", "1"])

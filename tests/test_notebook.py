@@ -142,12 +142,14 @@ def test_generation_uses_the_grader_prompts():
 
 
 def test_the_gpu_check_runs_every_notebook_command_at_reduced_sizes(tmp_path):
-    small = GPU_CHECK.notebook_settings(GPU_CHECK.small_settings(str(tmp_path), "clip.pt", "inception.pt"))
+    small = GPU_CHECK.notebook_settings(GPU_CHECK.small_settings(str(tmp_path), "clip.pt", "inception.pt",
+                                                                 "course_inception.pth"))
     paths = ("DRIVE_DIR", "DRIVE_MOUNT", "WORK_DIR", "LOCAL_RAW_ZIP", "LOCAL_TRAIN_ZIP", "SAMPLE_PNG", "OUTPUT_DIR")
     assert all(small[name].startswith(str(tmp_path)) for name in paths)
     assert small["DRIVE_DIR"].startswith(small["DRIVE_MOUNT"] + "/")
     assert small["NUM_EPOCHS"] == 2 and small["EVAL_SAMPLES"] < 100
     assert small["INCEPTION_FLAG"] == '--inception_weights "inception.pt"'
+    assert small["COURSE_INCEPTION_FLAG"] == '--inception_weights "course_inception.pth"'
     with pytest.raises(ValueError, match="sets NO_SUCH_SETTING 0 times"):
         GPU_CHECK.notebook_settings({"NO_SUCH_SETTING": 1})
     scripts = {shlex.split(command)[1] for _, command in GPU_CHECK.notebook_commands()

@@ -166,6 +166,9 @@ def promised_files(names: dict, epoch: int) -> list[str]:
             *[os.path.join(outputs, who, f"result_{size}.png") for who in ("woman", "man")
               for size in (64, 128, 256, "grid")],
             os.path.join(results, f"eval_epoch_{epoch}.json"), os.path.join(results, f"eval_epoch_{epoch}_grid.png"),
+            os.path.join(results, f"course_eval_epoch_{epoch}.json"),
+            os.path.join(results, f"course_eval_epoch_{epoch}_grid.png"),
+            os.path.join(outputs, "submission_check", "course_generate_image", "result_256.png"),
             os.path.join(outputs, "submission_check", "prompts.png"),
             os.path.join(names["DRIVE_DIR"], f"submission_epoch_{epoch}.zip")]
 
@@ -177,7 +180,7 @@ def session(cells: dict, names: dict, epoch: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def colab(tiny_clip_path, inception_path, tmp_path_factory) -> dict:
+def colab(tiny_clip_path, inception_path, course_inception_path, tmp_path_factory) -> dict:
     """The notebook run twice on one Drive: a first session (epoch 0), then a new machine (an empty /content)
     with NUM_EPOCHS 2 (the first session's quota ran out, or the user wants more epochs)."""
     root = str(tmp_path_factory.mktemp("colab"))
@@ -186,7 +189,7 @@ def colab(tiny_clip_path, inception_path, tmp_path_factory) -> dict:
                                 seed=0)
     write_google_colab_stub(stub)
     snapshot_repository(origin)
-    settings = {**GPU_CHECK.small_settings(content, tiny_clip_path, inception_path), **SMALL,
+    settings = {**GPU_CHECK.small_settings(content, tiny_clip_path, inception_path, course_inception_path), **SMALL,
                 "REPO_URL": origin, "BRANCH": "main", "NUM_EPOCHS": 1}
     # `python` and `pip` in the notebook's shell lines: this interpreter's. One thread a process: on a small shared
     # machine torch's threads otherwise spin against each other (an epoch here: 3 s with one, over 40 s with two).

@@ -13,7 +13,9 @@ The metrics see the generator's largest stage. A model with fewer than 3 stages 
 bicubically to the test images' size (256 px) first, so that FID compares like with like; the report records
 the native size as `generated_size`.
 
-An `Evaluator` extracts the real images' features once, so training keeps one for the whole run.
+An `Evaluator` extracts the real images' features once, so training keeps one for the whole run. With
+`--eval_protocol course` training gets the graders' measurement instead (`t2i/evaluation/course.py`), and
+`summary_line` prints either kind of report.
 """
 from __future__ import annotations
 
@@ -31,10 +33,11 @@ from tqdm import tqdm
 from t2i import clip_utils, plots
 from t2i.data.zip_dataset import ZipDataset
 from t2i.errors import T2IError
-from t2i.evaluation import metrics
+from t2i.evaluation import course, metrics
 from t2i.evaluation.metrics import (IS_SPLITS, clip_image_embeddings, clip_score, fidelity_metrics, inception_features,
                                     load_inception)
 from t2i.files import atomic_write_text, make_folder
+from t2i.generation import encode_prompt
 from t2i.plots import to_uint8
 
 GRID_IMAGES = 64
@@ -141,11 +144,12 @@ class Evaluator:
     @torch.no_grad()
     def generate(self, generator: nn.Module) -> torch.Tensor:
         """One uint8 [3, S, S] image per selected test image (S: the test images' size), from its caption."""
-        if generator.text_embedding_dim != self.dataset.embedding_dim:
+        # network.py's Generator calls its text width text_embedding_dim, GALIP's (network_galip.py) clip_embedding_dim
+        text_dim = getattr(generator, "text_embedding_dim", None) or generator.clip_embedding_dim
+        if text_dim != self.dataset.embedding_dim:
             raise T2IError(
                 f"{self.dataset.data_path}: its caption embeddings are {self.dataset.embedding_dim}-d but the "
-                f"generator takes clip_embedding_dim {generator.text_embedding_dim}; preprocess the test split with "
-                f"--emb_dim {generator.text_embedding_dim}")
+                f"generator takes clip_embedding_dim {text_dim}; preprocess the test split with --emb_dim {text_dim}")
         noise_all = torch.randn(len(self.dataset), generator.noise_dim,
                                 generator=torch.Generator().manual_seed(self.seed))
         noise = noise_all[torch.from_numpy(self.indices)]
@@ -189,8 +193,9 @@ class Evaluator:
             captions = [self.dataset.captions_of(int(self.indices[i]))[int(self.captions[i])] for i in shown]
             plots.save_image_grid(images[:len(shown)].float() / 127.5 - 1, grid_path, ncol=GRID_COLUMNS,
                                   captions=captions if any(captions) else None)
-        figures.update(num_samples=self.num_samples, seed=self.seed, generated_size=generated_size,
-                       eval_size=self.image_size, seconds=round(time.time() - started, 1),
+        figures.update(protocol="standard", num_samples=self.num_samples, seed=self.seed,
+                       generated_size=generated_size, eval_size=self.image_size,
+                       seconds=round(time.time() - started, 1),
                        clip=clip_utils.clip_identity_of(self.clip_model) if self.clip_model is not None else None,
                        test_data_clip=self.dataset.settings.get("clip"))
         return figures
@@ -202,9 +207,20 @@ def write_report(path: str, report: dict) -> None:
 
 
 def make_training_evaluator(args: Namespace, clip_model: nn.Module | None, device: torch.device,
-                            train_clip: dict | None = None) -> Evaluator:
+                            train_clip: dict | None = None) -> Evaluator | course.CourseEvaluator:
     """The test-split evaluator for --eval_every, built once: the test zip, Inception and the real images'
-    features are loaded a single time for the whole run. The test zip must come from the train zip's CLIP."""
+    features are loaded a single time for the whole run. The test zip must come from the train zip's CLIP.
+    --eval_protocol course: the graders' FID and IS of the first --eval_samples test images in the graders' batches
+    of 128 (fewer: one batch of them), their prompt read by --clip_model even when training does not use CLIP."""
+    if args.eval_protocol == "course":
+        clip_model = clip_model or clip_utils.load_clip_checked(args.clip_model, device, args.clip_embedding_dim,
+                                                                "--clip_embedding_dim")
+        prompt = course.PUBLISHED_PROMPT
+        return course.CourseEvaluator(
+            args.eval_data, encode_prompt(clip_model, prompt, device), prompt=prompt,
+            device=device, inception_weights=args.inception_weights,
+            batch_size=min(course.GRADERS_BATCH_SIZE, args.eval_samples), num_samples=args.eval_samples,
+            samples_flag="--eval_samples")
     dataset = load_test_dataset(args.eval_data, args.clip_embedding_dim)
     clip_utils.check_same_clip(dataset.settings.get("clip"), f"--eval_data {args.eval_data}", train_clip,
                                f"the CLIP of --train_data {args.train_data}", args.allow_clip_mismatch)
@@ -234,7 +250,9 @@ def _spread(value: float | None, digits: int) -> str:
 
 def summary_line(figures: dict) -> str:
     """Every figure with the number of images it was measured on, and a caveat where it is biased or not
-    measured (the full sentences are in the report's `caveats`)."""
+    measured (the full sentences are in the report's `caveats`); the graders' figures for a course report."""
+    if figures.get("protocol") == "course":
+        return course.summary_line(figures)
     n_gen = figures.get("fid_num_generated", figures["num_samples"])
     n_real = figures.get("fid_num_real", figures["num_samples"])
     fid_note = "; biased below 2048: compare at equal sizes" if min(n_gen, n_real) < metrics.FID_FEATURES else ""

@@ -26,7 +26,7 @@ from t2i.training.resume import ResumePoint
 from t2i.training.tensorboard import TensorBoardLog
 
 BASE_FIELDS = ["epoch", "step", "seconds", "d_loss", "g_loss"]
-EVAL_FIELDS = ["fid", "kid_mean", "is_mean", "clip_score"]
+EVAL_FIELDS = ["fid", "kid_mean", "is_mean", "clip_score", "course_fid", "course_is"]
 
 
 class LossLog:
@@ -66,6 +66,18 @@ class LossLog:
         self.fields += [name for name in row if name not in self.fields]
         # Rewritten whole and atomically (the file is small): a kill during a write never leaves half a row.
         self._rewrite()
+
+
+def best_logged_epoch(checkpoint_path: str, epochs: list[int], figure: str = "course_fid") -> int | None:
+    """Of `epochs`, the one whose end-of-epoch row of loss_log.csv has the lowest `figure` (the graders' FID, logged by
+    --eval_every with --eval_protocol course); None when none of them has it."""
+    path = os.path.join(checkpoint_path, LOSS_LOG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="") as f:
+        scores = {int(row["epoch"]): float(row[figure]) for row in csv.DictReader(f)
+                  if row["step"] == "end" and row.get(figure) and int(row["epoch"]) in epochs}
+    return min(scores, key=scores.get) if scores else None
 
 
 class TrainingLog:

@@ -123,10 +123,15 @@ OPTIONS: tuple[Option, ...] = (
            "(nothing is deleted)", RUN, IGNORE),
 
     Option("eval_every", 0, "evaluate FID/IS/KID/CLIP score every K epochs (0: off)", EVALUATION, IGNORE, int),
+    Option("eval_protocol", "standard", "--eval_every's measurement: standard (torch-fidelity's FID, KID, IS and "
+           "CLIP score) or course (the graders' FID and IS, which rank the teams: pytorch-ignite, one prompt, the "
+           "first --eval_samples test images in batches of 128, or in one if fewer)", EVALUATION, IGNORE, str,
+           ("standard", "course")),
     Option("eval_data", None, "preprocessed test zip for --eval_every", EVALUATION, IGNORE, str),
     Option("eval_samples", 1000, "test images scored at each evaluation", EVALUATION, IGNORE, int),
-    Option("inception_weights", None, "local Inception weights for the metrics (default: downloaded)",
-           EVALUATION, IGNORE, str),
+    Option("inception_weights", None, "local Inception weights for the metrics: torch-fidelity's "
+           "weights-inception-2015-12-05-6726825d.pth, or torchvision's inception_v3_google-0cc3c7bd.pth for "
+           "--eval_protocol course (default: downloaded)", EVALUATION, IGNORE, str),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 RECIPES: dict[str, dict[str, Any]] = {
