@@ -195,8 +195,8 @@ def generate_prompts(generator: nn.Module, hyp: dict, args: argparse.Namespace, 
         return
     record = read_run_record(args.checkpoint_path)
     used = clip_utils.clip_identity_of(clip_model)
-    mismatch = clip_utils.clip_mismatch(record and record.get("clip"), f"the checkpoint in {args.checkpoint_path}", used,
-                             f"--clip_model {used['name']}")
+    mismatch = clip_utils.clip_mismatch(record and record.get("clip"), f"the checkpoint in {args.checkpoint_path}",
+                                        used, f"--clip_model {used['name']}")
     if mismatch is not None and not args.allow_clip_mismatch:
         result.problems.append(f"{mismatch} (the graders encode their prompts with ViT-B/32)")
         return

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         if record is None:
             print(f"note: {args.checkpoint_path} has no run_options.json (not written by this package's training), so "
                   f"the CLIP it was trained with cannot be checked against --clip_model")
-        clip_utils.check_clip_matches(record and record.get("clip"), clip_model, f"the checkpoint in {args.checkpoint_path}",
-                           args.allow_clip_mismatch)
+        clip_utils.check_clip_matches(record and record.get("clip"), clip_model,
+                                      f"the checkpoint in {args.checkpoint_path}", args.allow_clip_mismatch)
         txt_feature = encode_prompt(clip_model, args.prompt, device)
         if args.seed is not None:
             torch.manual_seed(args.seed)

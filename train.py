@@ -1,23 +1,16 @@
-"""The course skeleton's train.py, completed: the guideline's losses, one epoch, and the training driver.
+"""The course skeleton's train.py, completed: the guideline's losses, one epoch, and the training loop.
 
-Read top to bottom as the guideline: the contrastive losses (Problems 4-(c), 4-(d)), one stage's discriminator
-and generator losses (4-(b), 4-(a)), one epoch (`train_step`: the pseudo text feature 4-(f), the labels 4-(e),
-then phase 1 with each discriminator's zero_grad / backward / step, phase 2 with the generator's, and phase 3, the
-report), the course's model as the driver uses it (`CourseModel`: the models, their initialisation and Adam, as
-the skeleton's train() builds them), and `train(args)`, the one training loop of both models. It runs under the
-course's own main.py too, whose Namespace holds only the course flags: every other option takes its default, and
-the defaults are the guideline's (`t2i/training/options.py`).
+Top to bottom as the guideline: the contrastive losses (Problems 4-(c), 4-(d)), one stage's D and G losses (4-(b),
+4-(a)), one epoch (`train_step`: 4-(f), 4-(e), then phase 1 with each discriminator's zero_grad / backward / step,
+phase 2 with the generator's, phase 3 the report), the course's model as the loop uses it (`CourseModel`), and
+`train(args)`, the one training loop of both models (GALIP, Problem 5, brings its part: train_galip.GALIP). Under
+the course's own main.py every option beyond its flags takes its default: the guideline's (t2i/training/options.py).
 
-What the skeleton does not have is called where it happens, each from a module with one job: `StepSettings`
-(t2i/training/step.py: mixed precision, the non-finite skip, torchrun's global batch, the recipe's switches),
-`TrainingLog` (progress and loss log), `GeneratorEMA` (--ema), `RunState` (exact resume). Where a line the skeleton
-gives had to change, a comment says why. The changes that make a step cost half the course's: one generator
-forward per iteration, the discriminators' step on detached fakes (no backward through G, no retain_graph), each
-discriminator's trunk run once per image batch and shared by its heads, and frozen discriminators in the
-generator's step.
-
-`--arch galip` (or network.py being network_galip.py, under the course's main.py too) trains GALIP instead, the
-guideline's Problem 5: train_galip.GALIP brings its models, optimizers and epoch to the same driver.
+What the skeleton does not have is called where it happens, each from a module with one job (t2i/training/):
+`StepSettings` (precision, the non-finite skip, torchrun's global batch, the recipe's switches), `TrainingLog`,
+`GeneratorEMA`, `RunState` (exact resume). Where a line the skeleton gives had to change, a comment says why. A step
+costs half the course's: one generator forward per iteration, the discriminators' step on detached fakes, each
+discriminator's trunk run once per image batch and shared by its heads, frozen discriminators in the G step.
 """
 from __future__ import annotations
 
@@ -25,7 +18,6 @@ import contextlib
 import os
 import time
 from argparse import Namespace
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -49,9 +41,9 @@ from t2i.training.log import TrainingLog
 from t2i.training.precision import adam_options, step_if_finite
 from t2i.training.resume import check_output_folder, explain_stop, find_resume_point
 from t2i.training.samples import sample_conditions, save_sample_grid
+from t2i.training.run import RunHelpers, init_conditioning_mu, run_helpers
 from t2i.training.state import RunState
 from t2i.training.step import StepSettings, frozen
-from t2i.training.tensorboard import TensorBoardLog
 from train_utils import (KL_divergence, clip_preprocess, denormalize_image, gather_all, load_checkpoint, normalize,
                          save_hyp, save_model)
 
@@ -72,10 +64,9 @@ def contrastive_loss(features: torch.Tensor, txt_embedding: torch.Tensor, tau: f
 def contrastive_loss_G(fake_image: torch.Tensor, clip_model: nn.Module, txt_embedding: torch.Tensor,
                        device: torch.device | str, tau: float = 0.5) -> torch.Tensor:
     ################# Problem 4-(c) #################
-    # L_ConG: CLIP's image features of the generated images against the text embeddings. The given chain
-    # denormalize -> clip_transform(224) -> custom_reshape -> clip_preprocess, with its two resizes done as two
-    # small matrix products (image_ops.clip_view: the same result and random crop, a far cheaper backward).
-    # CLIP is frozen; the gradient flows through it into the generator.
+    # L_ConG: CLIP's image features of the generated images against the texts, through the given chain denormalize
+    # -> clip_transform(224) -> custom_reshape -> clip_preprocess, its two resizes as two small matrix products
+    # (clip_view, t2i/data/images.py: the same result and crop, a far cheaper backward) into the frozen CLIP.
     image = clip_preprocess()(clip_view(denormalize_image(fake_image.float())))
     image_features = clip_model.encode_image(image.to(device, clip_utils.clip_dtype(clip_model)))
     L_cont = contrastive_loss(image_features, txt_embedding, tau)
@@ -93,11 +84,9 @@ def D_loss(real_image: torch.Tensor, fake_image: torch.Tensor, model_D: Discrimi
            use_uncond_loss: bool, use_contrastive_loss: bool, gamma: float, mu: torch.Tensor,
            txt_feature: torch.Tensor, d_fake_label: torch.Tensor, d_real_label: torch.Tensor, *, tau: float = 0.5,
            wrong_mu: torch.Tensor | None = None, augment=None, components: dict | None = None) -> torch.Tensor:
-    """One stage's L'_D = L_D + gamma * L_ConD.
-
-    `wrong_mu` (--mismatch): the conditional head also sees the real images with other captions' mu, labelled
-    fake; it shares the fake term's weight with the generated images, so the loss keeps its scale. `augment`:
-    DiffAugment of D's inputs. `components` receives loss_d_comp for the loss log."""
+    """One stage's L'_D = L_D + gamma * L_ConD. `wrong_mu` (--mismatch): the conditional head also sees the real
+    images with other captions' mu, labelled fake, sharing the fake term's weight with the generated images (the loss
+    keeps its scale). `augment`: DiffAugment of D's inputs. `components` receives loss_d_comp for the loss log."""
     ################# Problem 4-(b) #################
     augment = augment or (lambda images: images)
     loss_d_comp = {}
@@ -168,11 +157,9 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
                lam: float, *, tau: float = 0.5, beta: float = 1.0, language_free: bool = False, xi: float = 0.1,
                step: StepSettings | None = None, log: TrainingLog | None = None, ema: GeneratorEMA | None = None,
                state: RunState | None = None) -> tuple[float, float, torch.Tensor]:
-    """One epoch: the mean D and G losses of its steps, and the first batch's text features.
-
-    The guideline's hyperparameters are arguments: gamma, lam (the skeleton's), tau, beta and, for language-free
-    training, xi. Without `step` the epoch runs as the course's code would: fp32, nothing switched on; without
-    `log` it reports nothing; `ema` (--ema) and `state` (mid-epoch snapshots) are optional."""
+    """One epoch: the mean D and G losses of its steps, and the first batch's text features. The guideline's
+    hyperparameters are arguments (gamma, lam, tau, beta, xi). Without `step` the epoch runs as the course's code
+    would: fp32, nothing switched on; `log`, `ema` (--ema) and `state` (mid-epoch snapshots) are optional."""
     step = step or StepSettings.plain(torch.device(device), model_G, model_D_lst, optim_g, optim_d_lst)
     log = log or TrainingLog()
     steps_in_epoch = steps_per_epoch(train_loader) if state is not None else 0
@@ -264,46 +251,11 @@ def train_step(train_loader, noise_dim: int, device: torch.device, model_G: Gene
     return d_loss_train, g_loss_train, save_txt_feature
 
 
-def init_conditioning_mu(generator: Generator, std: float) -> None:
-    """--ca_init_std (in --recipe fast): re-draw the weights of conditioning augmentation's Linear that give mu
-    from N(0, std).
-
-    weight_init's N(0, 0.02) suits inputs whose elements have unit variance. The CA's input is a unit-norm CLIP
-    embedding (elements ~ 1/sqrt(D)), so under it mu differs by ~0.01 between captions while sigma starts at 1:
-    the text first reaches G almost as noise, and G is slow to use it. std 1 keeps the input's norm; 3 (the best
-    measured by benchmarks/conditional.py) starts mu's spread across captions above sigma. The log_sigma rows keep
-    weight_init's values, so sigma still starts at 1, the KL prior's value."""
-    condition_aug = generator.condition_aug
-    with torch.no_grad():
-        nn.init.normal_(condition_aug.layer[0].weight[:condition_aug.emb_dim], mean=0.0, std=std)
-
-
-class RunHelpers(NamedTuple):
-    """What a run adds to the skeleton's step, each with one job: train_step's keyword arguments."""
-    step: StepSettings         # precision, the non-finite skip, torchrun's global batch, the recipe's switches
-    log: TrainingLog           # the progress bar, loss_log.csv, the summary
-    ema: GeneratorEMA | None   # --ema: the average generator, saved as epoch_N_Gen.pt
-    state: RunState            # the resume state, mid-epoch snapshots
-
-
-def run_helpers(args: Namespace, device: torch.device, G: nn.Module, D_lst: list[nn.Module],
-                optim_g: torch.optim.Optimizer, optim_d_lst: list[torch.optim.Optimizer], dataset=None,
-                writes: bool = False) -> RunHelpers:
-    """The helpers of a run from its options, for models whose weights are loaded already (as train() builds
-    them; also for tools that call train_step themselves). `writes`: the log and the state write files."""
-    step = StepSettings.for_run(args, device, G, D_lst, optim_g, optim_d_lst)
-    ema = GeneratorEMA(G, args.ema_decay, dataset, args.batch_size, args.noise_dim) if args.ema else None
-    state = RunState(args, G, D_lst, optim_g, optim_d_lst, step, ema, writes=writes)
-    log = TrainingLog(writes, step.processes, TensorBoardLog.for_run(args, writes), [optim_g, *optim_d_lst], step)
-    return RunHelpers(step, log, ema, state)
-
-
 class CourseModel:
     """The course's StackGAN++ as the training driver (`train` below) uses it: what differs between the models a
     run can train. GALIP brings the same (train_galip.GALIP), as stylegan2-ada's loss objects do."""
 
-    g_out_chans = 3  # Fixed
-    d_out_chans = 1  # Fixed
+    g_out_chans, d_out_chans = 3, 1  # Fixed
 
     def __init__(self, args: Namespace):
         self.args = args
@@ -318,12 +270,11 @@ class CourseModel:
         return self.args.use_contrastive_loss
 
     def fit_to_clip(self, clip_model: nn.Module) -> None:
-        """Nothing of this model depends on the CLIP beyond its embedding size (checked by the driver)."""
+        """Nothing of this model depends on the CLIP beyond its embedding size (checked by `train`)."""
 
     def build(self, device: torch.device) -> tuple[Generator, list[Discriminator], torch.optim.Optimizer,
                                                    list[torch.optim.Optimizer]]:
-        """The models, initialised with the course's weight_init, and their Adam optimizers, as the skeleton's train()
-        builds them."""
+        """The models with the course's weight_init and their Adam optimizers, as the skeleton's train() builds them."""
         args = self.args
         G = Generator(args.clip_embedding_dim, args.projection_dim, args.noise_dim, self.g_in_chans, self.g_out_chans,
                       args.num_stage, device).to(device)
@@ -365,11 +316,10 @@ def train(args: Namespace) -> None:
         if args.arch != network_arch == "galip":
             raise T2IError(f"--arch {args.arch}: network.py is GALIP's module (network_galip.py); use --arch galip, "
                            f"or StackGAN's network.py")
-        # One training per checkpoint folder: its lock is taken before the folder is read (t2i/training/lock.py). A
-        # stop (Ctrl-C, Colab's stop button) ends in one line naming what is saved and how to continue.
+        # One training per folder (t2i/training/lock.py); a stop (Ctrl-C) ends in one line saying how to continue.
         run_hold.enter_context(explain_stop(args))
         run_hold.enter_context(lock.held(args.checkpoint_path, processes.main))
-        # What differs between the models: the course's (above), or GALIP, Problem 5 (train_galip.py).
+        # What differs between the models: the course's (above), or GALIP's, Problem 5 (train_galip.py).
         if args.arch == "galip":
             from train_galip import GALIP  # imported here: train_galip builds on this file
             model = GALIP(args)
@@ -377,19 +327,19 @@ def train(args: Namespace) -> None:
             model = CourseModel(args)
         num_stage = args.num_stage  # default: 1 (the course's main.py); the notebook trains 3
 
-        # Everything that can be wrong with the input is checked before the first file is written, so the
-        # skeleton's save_hyp comes after the checks.
+        # Every input is checked before the first file is written (so the skeleton's save_hyp comes after).
         clip_model = (clip_utils.load_clip_checked(args.clip_model, device, args.clip_embedding_dim,
                                                    "--clip_embedding_dim") if model.needs_clip() else None)
         if clip_model is not None:
             model.fit_to_clip(clip_model)
+        g_in_chans, g_out_chans = model.g_in_chans, model.g_out_chans  # Ng (1024 in the course), 3
+        d_in_chans, d_out_chans = model.d_in_chans, model.d_out_chans  # Nd (64 in the course), 1
         resume = find_resume_point(args)
         output_folders = check_output_folder(args, resume)  # never mixes with, or loses, another run's files
         print("Loading dataset")
         train_dataset = ZipDataset(args.train_data, num_stage)
         data_clip = check_train_dataset(train_dataset, args)
-        # The CLIP must be the one that made the data.
-        check_training_clips(args, data_clip, clip_model, resume)
+        check_training_clips(args, data_clip, clip_model, resume)  # the CLIP must be the one that made the data
         train_loader = get_dataloader(args=args, dataset=train_dataset, is_train=True)
         evaluator = (make_training_evaluator(args, clip_model, device, data_clip) if args.eval_every and processes.main
                      else None)
@@ -405,7 +355,7 @@ def train(args: Namespace) -> None:
         log, state = helpers.log, helpers.state
         if processes.main:  # under torchrun, process 0 alone writes files
             output_folders.prepare()  # makes the folders (with --overwrite, moves another run's files aside first)
-            save_hyp(args, model.g_in_chans, model.g_out_chans, model.d_in_chans, model.d_out_chans)
+            save_hyp(args, g_in_chans, g_out_chans, d_in_chans, d_out_chans)
             output_folders.record(resume, data_clip or (clip_model and clip_utils.clip_identity_of(clip_model)))
         log.open(args.checkpoint_path, args.result_path, resume)
         samples = sample_conditions(train_dataset)

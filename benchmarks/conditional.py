@@ -8,18 +8,18 @@
 2. Training: `main.main` with `--num_stage 1` (64 px), a narrow generator and discriminator, on the CPU,
    one epoch per call, resuming from the previous epoch (the real resume path), until `--num_epochs` or
    the `--minutes` budget is reached.
-3. Evaluation (`t2i.synthetic.attribute_score`): `checkpoints.load_generator` and `generation.encode_prompt` / `generate`
-   on captions of the held-out combinations; `synthetic.read_attributes` reads the attributes back from pixels.
-   Reported: accuracy per attribute and overall, chance level, the same with the text embeddings shuffled
+3. Evaluation (`t2i.synthetic.attribute_score`): `checkpoints.load_generator` and `generation.encode_prompt` /
+   `generate` on captions of the held-out combinations; `synthetic.read_attributes` reads the attributes back from
+   pixels. Reported: accuracy per attribute and overall, chance level, the same with the text embeddings shuffled
    between captions (a generator that ignores the text scores this), diversity across noise (mean pairwise
    pixel distance between samples of one caption, beside the same figure for real images of one
    combination) and wall times.
 
 The text encoder is a small CLIP (the real `clip.model.CLIP` class, tokenizer, 77-token context, 224 px input and
 512-d embeddings) trained contrastively on the training images and their captions for --train_clip_steps steps
-(`t2i.synthetic.clip_training`), so that L_ConG (--lam) carries image-text signal as the pretrained CLIP does on CelebA; its
-top-1 caption retrieval among the held-out combinations (on their real test images) is reported, and the share of
-the caption embeddings' variance that each attribute explains: the generator can follow only what the text
+(`t2i.synthetic.clip_training`), so that L_ConG (--lam) carries image-text signal as the pretrained CLIP does on
+CelebA; its top-1 caption retrieval among the held-out combinations (on their real test images) is reported, and
+the share of the caption embeddings' variance that each attribute explains: the generator can follow only what the text
 embedding separates (after 150 steps eyeglasses explained 0.01 % of it and were never learned; after the default
 1000, 15 %). The held-out captions combine attribute values in ways never seen in training while using the
 paraphrase templates seen there. --train_clip_steps 0 gives the earlier random-weight CLIP (BENCH_CLIP: one text

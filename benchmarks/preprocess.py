@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         clip_path = clip_utils.make_random_clip(os.path.join(folder, "vit_b_32_random.pt"), "vit-b-32", 512)
         raw = world.write_raw_dataset(folder, num_images=args.n, num_train=args.n, num_test=0, size=512,
-                                               seed=0, long_captions=0.05)
+                                      seed=0, long_captions=0.05)
         source, dest = raw["paths"]["source"], os.path.join(folder, "out.zip")
         # A short warm-up so both measurements start with loaded weights and warm kernels.
         throughput(source, clip_path, dest, args.device, 4, 1, 4, args.captions)

@@ -6,8 +6,8 @@
    by the test command.
 2. Models: the guideline recipe, the recommended `--recipe fast` and GALIP, at `benchmarks.conditional`'s CPU
    widths (1 stage, 64 px), each trained for --num_epochs in one run that keeps every epoch.
-3. At each epoch of --epochs, both protocols on the same test zip: the standard one (`t2i.evaluation.evaluator.Evaluator`:
-   torch-fidelity's FID and IS of one image per test image from its own caption) and the graders'
+3. At each epoch of --epochs, both protocols on the same test zip: the standard one (`t2i.evaluation.evaluator.
+   Evaluator`: torch-fidelity's FID and IS of one image per test image from its own caption) and the graders'
    (`t2i.evaluation.course.CourseEvaluator`: every fake from --prompt, the course loader's real images, loader
    batches of --course_batch).
 Reported: every figure by model and epoch; the epoch each protocol would submit (its lowest FID) per model; the

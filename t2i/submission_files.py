@@ -47,7 +47,8 @@ class Item:
 
 
 def module_file(name: str, root: str) -> str | None:
-    """The repository file of module `name` ('t2i.training.options' -> t2i/training/options.py), or None for one outside it."""
+    """The repository file of module `name` ('t2i.training.options' -> t2i/training/options.py), or None for one
+    outside it."""
     base = os.path.join(root, *name.split("."))
     for path in (base + ".py", os.path.join(base, "__init__.py")):
         if os.path.isfile(path):

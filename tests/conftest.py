@@ -48,7 +48,7 @@ def synthetic_raw(tmp_path_factory) -> dict:
     from t2i.synthetic import world
 
     return world.write_raw_dataset(str(tmp_path_factory.mktemp("raw")), num_images=30, num_train=22,
-                                            num_test=6, size=256, seed=0, long_captions=0.2)
+                                   num_test=6, size=256, seed=0, long_captions=0.2)
 
 
 @pytest.fixture

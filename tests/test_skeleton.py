@@ -175,7 +175,7 @@ def test_train_py_reads_as_the_guideline_in_few_lines():
         lines = f.read().splitlines()
     assert len(lines) < 400
     text = "\n".join(lines)
-    for given in ("aug_loss = KL_divergence(", "g_loss += (run.beta) * aug_loss", "# Phase 1. Optimize Discriminator",
+    for given in ("aug_loss = KL_divergence(", "g_loss += (beta) * aug_loss", "# Phase 1. Optimize Discriminator",
                   "# Phase 2. Optimize Generator", "# Phase 3. Report", "save_hyp(args, g_in_chans, g_out_chans,",
                   "train_dataset = ZipDataset(args.train_data, num_stage)",
                   "get_dataloader(args=args, dataset=train_dataset, is_train=True)", "G.apply(weight_init)",

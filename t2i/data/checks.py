@@ -14,8 +14,8 @@ def check_training_clips(args: Namespace, data_clip: dict | None, clip_model: nn
     checkpoints it resumes."""
     clip_utils.check_clip_matches(data_clip, clip_model, f"--train_data {args.train_data}", args.allow_clip_mismatch)
     if resume is not None and resume.record is not None:
-        clip_utils.check_same_clip(resume.record.get("clip"), f"the checkpoint folder {args.resume_checkpoint_path}", data_clip,
-                        f"the CLIP of --train_data {args.train_data}", args.allow_clip_mismatch)
+        clip_utils.check_same_clip(resume.record.get("clip"), f"the checkpoint folder {args.resume_checkpoint_path}",
+                                   data_clip, f"the CLIP of --train_data {args.train_data}", args.allow_clip_mismatch)
 
 
 def check_train_dataset(dataset, args: Namespace) -> dict | None:
