@@ -1,10 +1,9 @@
-"""Where a run continues, what it needs to continue exactly, and what it may do to the folders it writes.
+"""Where a run continues, and what it may do to the folders it writes.
 
 `--resume_checkpoint_path DIR --resume_epoch N` continues after complete epoch N; `--resume_epoch latest` after
 the newest complete epoch, or from the mid-epoch snapshot (`--save_every_steps`) when that is newer and was made
-by as many processes as this run has (torchrun; otherwise the newest complete epoch). Epoch N's
-weights are the contract's files; `epoch_N_state.pt` adds the optimizers, gradient scalers, RNG states and the
-raw generator (when the saved one is the EMA), so the resumed run equals an uninterrupted one tensor for tensor.
+by as many processes as this run has (torchrun; otherwise the newest complete epoch). Epoch N's weights are the
+contract's files; `epoch_N_state.pt` (t2i/training/state.py) holds what continues the run exactly.
 
 A run never mixes its files with another run's, and never loses one: a fresh run refuses a folder that holds
 another run's files, and so does a resume of epoch K while the folder holds later epochs (their files, log
