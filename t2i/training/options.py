@@ -69,8 +69,8 @@ OPTIONS: tuple[Option, ...] = (
 
     Option("arch", "stackgan", "the model: stackgan (the course's StackGAN++, network.py) or galip (GALIP, "
            "network_galip.py: frozen-CLIP discriminator, DF-GAN generator; its defaults: --g_in_chans 256 "
-           "--d_in_chans 768 --g_lr 1e-4 --d_lr 4e-4 --mismatch --ema). Default: the arch of network.py's classes", MODEL, MUST_MATCH,
-           str, ("stackgan", "galip")),
+           "--d_in_chans 768 --g_lr 1e-4 --d_lr 4e-4 --mismatch --ema). Default: the arch of network.py's classes",
+           MODEL, MUST_MATCH, str, ("stackgan", "galip")),
     Option("g_in_chans", 1024, "Ng, generator width (galip: 8 x ngf, the width of its 8x8 block)", MODEL, MUST_MATCH,
            int),
     Option("d_in_chans", 64, "Nd, discriminator width (galip: the CLIP image encoder's token width)", MODEL,
