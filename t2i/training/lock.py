@@ -206,10 +206,9 @@ class RunLock:
                 self.lost_to = holder
                 return
             self.holder["heartbeat"] = time.time()
-            try:
+            # A full disk or a lost drive: the next beat tries again, and the run's own writes will say why.
+            with contextlib.suppress(T2IError):
                 atomic_write_text(self.path, json.dumps(self.holder) + "\n")
-            except T2IError:
-                pass  # a full disk or a lost drive: the next beat tries again, and the run's own writes will say why
 
     def check(self) -> None:
         """Refuse to go on writing once another run took the lock over (a shared folder's late view)."""
